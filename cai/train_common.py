@@ -1,0 +1,598 @@
+"""What `cai sft` and `cai rm train` share: the config fields every training run has, reading
+training data, and one training loop with checkpoints, exact resume, logging and a progress bar.
+
+A stage plugs into the loop with a `Task`: how to collate examples into a micro-batch and the
+*summed* loss of a micro-batch. The loop divides by the number of units (tokens for SFT, pairs
+for the reward model) in the whole optimizer step, so gradient accumulation gives the same
+update as one large batch.
+
+Resume is exact: a checkpoint holds the model, optimizer, scheduler, every RNG state and the
+data position (the number of samples consumed; the sample order of each epoch is a seeded
+permutation, so the position alone says which samples come next). A run folder therefore
+continues bit-for-bit where it stopped, on the same hardware and thread count.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import shutil
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from cai.errors import ConfigError, InputError, Location, ResumeError
+from cai.records import read_jsonl
+
+# ---------------------------------------------------------------------------------------------
+# Config
+# ---------------------------------------------------------------------------------------------
+
+
+def exact_div(a: int, b: int, what: str) -> int:
+    """a // b, refusing a remainder with the numbers in the message (cleanrl's exact_div)."""
+    if b <= 0 or a % b:
+        raise ConfigError(f"{what}: {a} is not divisible by {b}",
+                          fix="choose batch_size as a multiple of gradient_accumulation_steps")
+    return a // b
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """Fields every training command has. `SFTConfig` and `RMConfig` add their own."""
+
+    out: str = ""
+    """Output folder: the final model (a Hugging Face folder), config.yaml, metrics.jsonl,
+    tb/ (TensorBoard) and checkpoints/. Running again with the same config resumes."""
+    seed: int = 0
+    """Seeds the new weights (the reward head), the data order and dropout."""
+    epochs: float = 1.0
+    """Passes over the training data (fractions allowed). Ignored when max_steps is set."""
+    max_steps: int | None = None
+    """Optimizer steps to run; overrides epochs."""
+    batch_size: int = 16
+    """Examples per optimizer step (SFT: conversations; reward model: pairs)."""
+    gradient_accumulation_steps: int = 1
+    """Micro-batches per optimizer step; each holds batch_size / gradient_accumulation_steps
+    examples (local_batch_size). The update equals one batch of batch_size."""
+    learning_rate: float = 1e-5
+    """Peak AdamW learning rate."""
+    lr_scheduler: Literal["linear", "cosine", "constant"] = "linear"
+    """Decay after warmup: linear or cosine to 0, or constant."""
+    warmup_ratio: float = 0.03
+    """Fraction of the steps spent warming the learning rate up from 0."""
+    weight_decay: float = 0.0
+    """AdamW weight decay (never applied to biases and norm weights)."""
+    max_grad_norm: float = 1.0
+    """Clip the global gradient norm to this; 0 turns clipping off."""
+    max_length: int = 1024
+    """Longest tokenized example; longer ones are truncated (see the stage's docs for which end)."""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """fp32, or bf16 autocast with fp32 master weights and optimizer state."""
+    device: str = "auto"
+    """auto (cuda when available, else cpu), cpu, cuda or cuda:N."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory, about 30% more time."""
+    log_every: int = 10
+    """Write metrics (JSONL and TensorBoard) every N optimizer steps."""
+    eval_every: int = 0
+    """Evaluate on the held-out split every N steps (0: only at the end)."""
+    checkpoint_every: int = 200
+    """Save a resumable checkpoint every N optimizer steps (0: never; Ctrl-C still saves one)."""
+    keep_checkpoints: int = 2
+    """How many of the newest checkpoints to keep while training."""
+    delete_checkpoints_when_done: bool = True
+    """Remove checkpoints/ once the final model is saved (they hold optimizer state: 3x the model)."""
+
+    def __post_init__(self) -> None:
+        if not self.out:
+            raise ConfigError("out is not set", fix="pass --out DIR, or set out: in the config file")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.gradient_accumulation_steps < 1:
+            raise ConfigError(f"gradient_accumulation_steps must be >= 1, got {self.gradient_accumulation_steps}")
+        exact_div(self.batch_size, self.gradient_accumulation_steps,
+                  f"batch_size {self.batch_size} / gradient_accumulation_steps")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ConfigError(f"max_steps must be >= 1, got {self.max_steps}", fix="leave it unset to use epochs")
+        if self.max_steps is None and not self.epochs > 0:
+            raise ConfigError(f"epochs must be > 0, got {self.epochs}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ConfigError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.learning_rate <= 0:
+            raise ConfigError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.max_length < 8:
+            raise ConfigError(f"max_length must be >= 8 tokens, got {self.max_length}")
+        for name in ("log_every", "eval_every", "checkpoint_every"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.keep_checkpoints < 1:
+            raise ConfigError(f"keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
+
+    @property
+    def local_batch_size(self) -> int:
+        """Examples per micro-batch (one forward/backward)."""
+        return self.batch_size // self.gradient_accumulation_steps
+
+    def total_steps(self, n_examples: int) -> int:
+        """Optimizer steps of the run: max_steps, else ceil(epochs * n / batch_size)."""
+        if self.max_steps is not None:
+            return self.max_steps
+        return max(1, math.ceil(self.epochs * n_examples / self.batch_size))
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} asked for, but torch sees no CUDA GPU",
+                          fix="pass --device cpu (or auto)")
+    try:
+        return torch.device(name)
+    except RuntimeError as e:
+        raise ConfigError(f"device {name!r} is not a torch device", fix="use auto, cpu, cuda or cuda:N") from e
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast (weights stay fp32), or nothing for fp32."""
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+# ---------------------------------------------------------------------------------------------
+# Training data: a JSONL file, a Hugging Face dataset folder, or a stage output folder
+# ---------------------------------------------------------------------------------------------
+
+SPLITS = {"sft": ("train_sft", "test_sft"), "prefs": ("train_prefs", "test_prefs")}
+STAGE_FILES = {"sft": "sft.jsonl", "prefs": "prefs.jsonl"}
+
+
+@dataclass(frozen=True)
+class SourceRow:
+    """One raw row and where it came from (for error messages)."""
+
+    data: dict[str, Any]
+    where: Location
+
+
+def _jsonl_rows(path: Path) -> list[SourceRow]:
+    # read_jsonl skips blank lines and reports bad JSON with its line; number the rest here.
+    with path.open(encoding="utf-8") as f:
+        linenos = [i for i, line in enumerate(f, 1) if line.strip()]
+    return [SourceRow(obj, Location(str(path), lineno, record=_rid(obj)))
+            for lineno, obj in zip(linenos, read_jsonl(path), strict=True)]
+
+
+def _rid(obj: dict[str, Any]) -> str | None:
+    rid = obj.get("id")
+    return None if rid is None else str(rid)
+
+
+def _dataset_rows(folder: Path, kind: str, split: Literal["train", "test"]) -> list[SourceRow] | None:
+    from datasets import Dataset, DatasetDict, load_from_disk
+
+    try:
+        ds = load_from_disk(str(folder))
+    except Exception as e:  # datasets raises FileNotFoundError or its own errors
+        raise InputError(f"cannot read the dataset folder: {e}", Location(str(folder)),
+                         fix="pass a folder written by DatasetDict.save_to_disk, or a JSONL file") from e
+    if isinstance(ds, Dataset):
+        if split == "test":
+            return None
+        name, table = "", ds
+    else:
+        assert isinstance(ds, DatasetDict)
+        wanted = SPLITS[kind][0 if split == "train" else 1]
+        name = next((s for s in (wanted, split) if s in ds), None)
+        if name is None:
+            if split == "test":
+                return None
+            raise InputError(f"the dataset has no split {wanted!r} (its splits: {', '.join(ds)})",
+                             Location(str(folder)), fix=f"save the training rows as split {wanted!r}")
+        table = ds[name]
+    label = f"{folder}[{name}]" if name else str(folder)
+    return [SourceRow(row, Location(label, record=_rid(row) or f"#{i}")) for i, row in enumerate(table)]
+
+
+def read_rows(source: str | Path, kind: Literal["sft", "prefs"],
+              split: Literal["train", "test"] = "train") -> list[SourceRow] | None:
+    """Rows of `source` for a split. `source` is a JSONL file (all rows are `train`; it has no
+    `test`), a dataset folder (`train_<kind>` / `test_<kind>`, or `train` / `test`), or a stage
+    output folder holding `dataset/` (preferred: it has both splits) or `<kind>.jsonl`.
+    Returns None for a missing test split; a missing train split is an error."""
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise InputError(f"{path} does not exist", fix="check the path")
+    if path.is_file():
+        return _jsonl_rows(path) if split == "train" else None
+    if (path / "dataset_dict.json").exists() or (path / "dataset_info.json").exists():
+        return _dataset_rows(path, kind, split)
+    if (path / "dataset").is_dir():
+        return _dataset_rows(path / "dataset", kind, split)
+    if (path / STAGE_FILES[kind]).is_file():
+        return _jsonl_rows(path / STAGE_FILES[kind]) if split == "train" else None
+    have = ", ".join(sorted(p.name for p in path.iterdir())[:20]) or "nothing"
+    raise InputError(
+        f"{path} holds no training data (looked for dataset/, {STAGE_FILES[kind]}, or a saved dataset); "
+        f"it has: {have}", fix="pass the output folder of the previous stage, a JSONL file or a dataset folder")
+
+
+def check_columns(rows: Sequence[SourceRow], needed: Sequence[str], source: str | Path) -> None:
+    """Every row must have the `needed` keys; the error names the file, the missing columns and
+    the columns the row does have."""
+    if not rows:
+        raise InputError(f"{source} has no rows", fix="check that the previous stage wrote data")
+    problems = []
+    for row in rows:
+        missing = [c for c in needed if c not in row.data]
+        if missing:
+            problems.append(f"{row.where}: missing column(s) {', '.join(map(repr, missing))} "
+                            f"(it has: {', '.join(row.data) or 'nothing'})")
+    if problems:
+        shown = problems[:10] + ([f"... and {len(problems) - 10} more rows"] if len(problems) > 10 else [])
+        raise InputError(f"{len(problems)} row(s) of {source} lack required columns "
+                         f"({', '.join(needed)}):\n  " + "\n  ".join(shown),
+                         fix=f"every row needs {', '.join(needed)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# RNG, optimizer, scheduler
+# ---------------------------------------------------------------------------------------------
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": (np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(_as_tuples(state["python"]))
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy(), *rest))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuples(x: Any) -> Any:
+    return tuple(_as_tuples(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The sample order of one epoch: a permutation that depends only on (seed, epoch)."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g).tolist()
+
+
+def batch_indices(n: int, seed: int, start: int, count: int) -> list[int]:
+    """Indices of samples start .. start+count-1 of the endless stream of shuffled epochs."""
+    out: list[int] = []
+    while len(out) < count:
+        epoch, pos = divmod(start + len(out), n)
+        order = epoch_order(n, seed, epoch)
+        out += order[pos:pos + count - len(out)]
+    return out
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(0.9, 0.999), eps=1e-8)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int):
+    from transformers import get_scheduler
+
+    name = {"constant": "constant_with_warmup"}.get(cfg.lr_scheduler, cfg.lr_scheduler)
+    return get_scheduler(name, optimizer, num_warmup_steps=round(cfg.warmup_ratio * total_steps),
+                         num_training_steps=total_steps)
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints
+# ---------------------------------------------------------------------------------------------
+
+CHECKPOINTS = "checkpoints"
+DONE_FILE = "train_done.json"
+
+
+def checkpoint_dirs(out: Path) -> list[Path]:
+    """Complete checkpoints (state.json is written last), oldest first."""
+    root = Path(out) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    dirs = [d for d in root.glob("step-*") if d.is_dir() and (d / "state.json").exists()]
+    return sorted(dirs, key=lambda d: int(d.name.split("-")[1]))
+
+
+def save_checkpoint(out: Path, step: int, model: torch.nn.Module, optimizer, scheduler,
+                    rng: dict[str, Any], state: dict[str, Any], keep: int) -> Path:
+    """Write a checkpoint to a temporary folder and rename it into place, then prune old ones."""
+    root = Path(out) / CHECKPOINTS
+    final = root / f"step-{step:08d}"
+    tmp = root / f".step-{step:08d}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    torch.save(model.state_dict(), tmp / "model.pt")
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+    torch.save(rng, tmp / "rng.pt")
+    (tmp / "state.json").write_text(json.dumps({"step": step, **state}, indent=1))
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    for old in checkpoint_dirs(out)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(folder: Path, model: torch.nn.Module, optimizer, scheduler) -> dict[str, Any]:
+    """Restore model, optimizer and scheduler from `folder`; returns state.json plus the RNG
+    state (restored by the caller at the right moment)."""
+    try:
+        model.load_state_dict(torch.load(folder / "model.pt", map_location="cpu", weights_only=True))
+        optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True))
+        scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
+        rng = torch.load(folder / "rng.pt", weights_only=True)
+    except (OSError, RuntimeError, KeyError) as e:
+        raise ResumeError(f"cannot resume from checkpoint {folder}: {e}",
+                          fix="delete that checkpoint folder to resume from an older one, or use a new --out") from e
+    state = json.loads((folder / "state.json").read_text())
+    state["rng"] = rng
+    return state
+
+
+def is_finished(out: Path) -> dict[str, Any] | None:
+    """The summary of a finished run in `out`, or None."""
+    path = Path(out) / DONE_FILE
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def mark_finished(out: Path, summary: dict[str, Any], cfg: TrainConfig) -> None:
+    tmp = Path(out) / (DONE_FILE + ".tmp")
+    tmp.write_text(json.dumps(summary, indent=1))
+    tmp.replace(Path(out) / DONE_FILE)
+    if cfg.delete_checkpoints_when_done:
+        shutil.rmtree(Path(out) / CHECKPOINTS, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Metrics: JSONL + TensorBoard, and the progress bar
+# ---------------------------------------------------------------------------------------------
+
+
+class MetricsLog:
+    """Appends {"step", "time", metrics...} to metrics.jsonl and mirrors scalars to TensorBoard.
+    On resume, lines past the checkpoint's step are dropped (they are about to be redone)."""
+
+    def __init__(self, out: Path, start_step: int = 0):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.path = Path(out) / "metrics.jsonl"
+        if self.path.exists():
+            keep = [line for line in self.path.read_text().splitlines()
+                    if line.strip() and _step_of(line) <= start_step]
+            self.path.write_text("".join(line + "\n" for line in keep))
+        self._f = self.path.open("a", encoding="utf-8")
+        self.tb = SummaryWriter(str(Path(out) / "tb"), purge_step=start_step + 1 if start_step else None)
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        self._f.write(json.dumps({"step": step, "time": round(time.time(), 3), **metrics}) + "\n")
+        self._f.flush()
+        for k, v in metrics.items():
+            if isinstance(v, (int, float)) and math.isfinite(v):
+                self.tb.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        self._f.close()
+        self.tb.close()
+
+
+def _step_of(line: str) -> int:
+    try:
+        return int(json.loads(line).get("step", 0))
+    except (ValueError, AttributeError):
+        return 10**12  # a torn line: drop it
+
+
+@contextlib.contextmanager
+def progress_bar(total: int, start: int, description: str, enabled: bool) -> Iterator[Callable[..., None]]:
+    """A rich progress bar over optimizer steps showing samples/s and loss. Yields
+    update(step, samples_per_s, loss)."""
+    if not enabled:
+        yield lambda *a, **k: None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
+        TimeRemainingColumn
+
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[speed]:>7.2f} samples/s  loss {task.fields[loss]:.4f}"),
+               TimeElapsedColumn(), TimeRemainingColumn()]
+    with Progress(*columns, console=Console(stderr=True)) as bar:
+        task = bar.add_task(description, total=total, completed=start, speed=0.0, loss=float("nan"))
+
+        def update(step: int, samples_per_s: float, loss: float) -> None:
+            bar.update(task, completed=step, speed=samples_per_s, loss=loss)
+
+        yield update
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------------
+
+Batch = dict[str, Any]
+
+
+@dataclass
+class Task:
+    """What a stage plugs into `fit`.
+
+    collate(examples) -> a micro-batch dict with tensors and three counts: "n" (units the loss
+    is averaged over: tokens or pairs), "samples" and "tokens" (for throughput).
+    loss(model, batch) -> (the loss *summed* over the batch's units, {metric: sum over units}).
+    evaluate(model) -> {metric: value} on held-out data, or None.
+    """
+
+    collate: Callable[[list[Any]], Batch]
+    loss: Callable[[torch.nn.Module, Batch], tuple[torch.Tensor, dict[str, float]]]
+    evaluate: Callable[[torch.nn.Module], dict[str, float]] | None = None
+
+
+def to_device(batch: Batch, device: torch.device) -> Batch:
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def optimizer_step(model: torch.nn.Module, micro_batches: list[Batch], task: Task, optimizer, scheduler,
+                   cfg: TrainConfig, device: torch.device) -> dict[str, float]:
+    """One update from several micro-batches: each backward gets loss_sum / units in the whole
+    step, so accumulation equals one large batch. Returns the step's averaged metrics."""
+    units = sum(b["n"] for b in micro_batches)
+    if units == 0:
+        raise InputError("an optimizer step has no units to learn from (no assistant tokens or pairs)",
+                         fix="check max_length: every example must keep at least one trained token")
+    sums: dict[str, float] = defaultdict(float)
+    for mb in micro_batches:
+        with autocast(device, cfg.precision):
+            loss_sum, metrics = task.loss(model, to_device(mb, device))
+        (loss_sum / units).backward()
+        for k, v in metrics.items():
+            sums[k] += v
+    max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    lr = scheduler.get_last_lr()[0]
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    out = {f"train/{k}": v / units for k, v in sums.items()}
+    out["train/grad_norm"] = float(grad_norm)
+    out["train/lr"] = lr
+    return out
+
+
+@dataclass
+class FitResult:
+    steps: int
+    """Optimizer steps done in total (including those before a resume)."""
+    resumed_from: int
+    """The step the run resumed from (0 for a fresh run)."""
+    last_metrics: dict[str, float]
+    eval_metrics: dict[str, float]
+
+
+def fit(model: torch.nn.Module, examples: Sequence[Any], task: Task, cfg: TrainConfig, *,
+        progress: bool = True, description: str = "training",
+        on_step: Callable[[int], None] | None = None) -> FitResult:
+    """Train `model` on `examples` with the shared loop; resumes from the newest checkpoint in
+    cfg.out. The caller seeds (seed_everything) before building the model and saves it after.
+    `on_step(step)` runs after each finished step (tests use it to simulate a crash)."""
+    out = Path(cfg.out)
+    device = resolve_device(cfg.device)
+    model.to(device)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+        if hasattr(model.config, "use_cache"):
+            model.config.use_cache = False
+    model.train()
+    n = len(examples)
+    total = cfg.total_steps(n)
+    optimizer = make_optimizer(model, cfg)
+    scheduler = make_scheduler(optimizer, cfg, total)
+
+    start = 0
+    ckpts = checkpoint_dirs(out)
+    if ckpts:
+        state = load_checkpoint(ckpts[-1], model, optimizer, scheduler)
+        if state.get("n_examples") != n:
+            raise ResumeError(f"{ckpts[-1]} was made from {state.get('n_examples')} examples; the data "
+                              f"now has {n}", fix="use the same data to resume, or a new --out folder")
+        start = state["step"]
+        set_rng_state(state["rng"])
+
+    log = MetricsLog(out, start)
+    last: dict[str, float] = {}
+    evals: dict[str, float] = {}
+    step = start
+    step_rng = rng_state()  # the RNG state at the start of the step in flight (for Ctrl-C saves)
+    saved_at = start
+
+    def checkpoint(at: int, rng: dict[str, Any]) -> None:
+        nonlocal saved_at
+        save_checkpoint(out, at, model, optimizer, scheduler, rng,
+                        {"samples_seen": at * cfg.batch_size, "n_examples": n, "total_steps": total},
+                        cfg.keep_checkpoints)
+        saved_at = at
+
+    def run_eval(at: int) -> dict[str, float]:
+        if task.evaluate is None:
+            return {}
+        model.eval()
+        with torch.no_grad(), autocast(device, cfg.precision):
+            metrics = {f"eval/{k}": v for k, v in task.evaluate(model).items()}
+        model.train()
+        log.log(at, metrics)
+        return metrics
+
+    window_t, window_samples = time.perf_counter(), 0
+    try:
+        with progress_bar(total, start, description, progress) as update:
+            while step < total:
+                step_rng = rng_state()
+                idx = batch_indices(n, cfg.seed, step * cfg.batch_size, cfg.batch_size)
+                micro = [task.collate([examples[i] for i in idx[j:j + cfg.local_batch_size]])
+                         for j in range(0, len(idx), cfg.local_batch_size)]
+                metrics = optimizer_step(model, micro, task, optimizer, scheduler, cfg, device)
+                if not math.isfinite(metrics.get("train/loss", 0.0)):
+                    raise InputError(f"the training loss became {metrics['train/loss']} at step {step + 1}",
+                                     fix="lower learning_rate, or use fp32 instead of bf16")
+                step += 1
+                window_samples += sum(b["samples"] for b in micro)
+                tokens = sum(b["tokens"] for b in micro)
+                elapsed = time.perf_counter() - window_t
+                speed = window_samples / elapsed if elapsed > 0 else 0.0
+                metrics |= {"train/epoch": step * cfg.batch_size / n, "perf/samples_per_s": speed,
+                            "perf/tokens_per_step": tokens}
+                last = metrics
+                update(step, speed, metrics.get("train/loss", float("nan")))
+                if cfg.log_every and (step % cfg.log_every == 0 or step == total):
+                    log.log(step, metrics)
+                    window_t, window_samples = time.perf_counter(), 0
+                if cfg.eval_every and step % cfg.eval_every == 0 and step < total:
+                    evals = run_eval(step)
+                if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total:
+                    checkpoint(step, rng_state())
+                if on_step is not None:
+                    on_step(step)
+        evals = run_eval(step)
+    except KeyboardInterrupt:
+        # Between steps the model and optimizer hold step `step`; the RNG is restored to how it
+        # was before the interrupted step began, so the resumed run redoes that step exactly.
+        if step > saved_at:
+            checkpoint(step, step_rng)
+        raise
+    finally:
+        log.close()
+    return FitResult(steps=step, resumed_from=start, last_metrics=last, eval_metrics=evals)
