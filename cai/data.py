@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 from cai.errors import InputError, Location
-from cai.records import read_jsonl
 
 ROLES = ("system", "user", "assistant")
 

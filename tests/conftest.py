@@ -53,3 +53,63 @@ def pytest_sessionfinish(session, exitstatus):
     import shutil
 
     shutil.rmtree(_CACHE, ignore_errors=True)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def vllm_server(default_model_path):
+    """A real vLLM OpenAI-compatible server on 127.0.0.1 (the default model, fp32), started once
+    per session and always stopped. Yields its base URL; it serves the model as `default`.
+
+    The CPU build's `vllm` console script fails (it looks up a distribution named `vllm`), so the
+    server starts as a module, as the GPU build's `vllm serve` would."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    port = _free_port()
+    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1", VLLM_CPU_OMP_THREADS_BIND="0-1",
+               VLLM_ENABLE_V1_MULTIPROCESSING="0")
+    log = open(_CACHE / "vllm-server.log", "w")  # noqa: SIM115 - closed at teardown
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", default_model_path,
+         "--served-model-name", "default", "--host", "127.0.0.1", "--port", str(port), "--enforce-eager",
+         "--gpu-memory-utilization", "0.5", "--max-model-len", "2048", "--dtype", "float32", "--seed", "0"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    base_url = f"http://127.0.0.1:{port}/v1"
+    deadline = time.monotonic() + 240
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"vLLM server exited with {proc.returncode}:\n"
+                                   + (_CACHE / "vllm-server.log").read_text()[-3000:])
+            try:
+                with urllib.request.urlopen(f"{base_url}/models", timeout=2) as r:
+                    if json.loads(r.read()).get("data"):
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("vLLM server not ready after 240 s:\n"
+                                   + (_CACHE / "vllm-server.log").read_text()[-3000:])
+            time.sleep(1)
+        yield base_url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()

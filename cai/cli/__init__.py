@@ -23,8 +23,8 @@ app = typer.Typer(
 err_console = Console(stderr=True)
 
 # Importing a module registers its commands on `app`.
-from cai.cli import models as _models  # noqa: E402,F401
 from cai.cli import generate as _generate  # noqa: E402,F401
+from cai.cli import models as _models  # noqa: E402,F401
 
 for _name in ("principles", "revise", "label", "judge", "train", "ppo"):
     # Command groups still being built are added as their modules land.

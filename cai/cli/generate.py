@@ -28,7 +28,8 @@ from cai.generate import GenerateConfig, run_generate
 
 @app.command("generate")
 def generate(
-    prompts: Annotated[Path | None, typer.Option("--prompts", help="Prompts: JSONL, JSON, CSV or HF dataset folder.")] = None,
+    prompts: Annotated[Path | None, typer.Option("--prompts", help="Prompts: JSONL, JSON, CSV or a HF dataset folder.")
+                       ] = None,
     out: Annotated[Path | None, typer.Option("--out", help="Output JSONL (resumed if it exists).")] = None,
     cfg_file: ConfigOpt = None,
     model: ModelOpt = None,
