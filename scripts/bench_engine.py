@@ -1,0 +1,107 @@
+"""Generation throughput: vLLM against transformers on the same prompts, in one run.
+
+    python scripts/bench_engine.py [--n 64] [--max-tokens 128]
+
+The same N chat prompts (MT-Bench first turns; the folder ../shared/data or examples/ as a
+fallback) with the same token budget go through vLLM's offline engine (bf16, eager: cai's
+default) and through transformers (batched, left padding) in bf16 and fp32. Prints tokens/s
+for each and the ratio, and writes them to docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from benchlib import machine, write_section  # noqa: E402
+
+from cai import models  # noqa: E402
+from cai.config import EngineConfig  # noqa: E402
+from cai.engine.base import Sampling  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+MT_BENCH = REPO.parent / "shared" / "data" / "mt-bench" / "questions.jsonl"
+
+
+def load_prompts(n: int) -> list[list[dict]]:
+    texts = []
+    if MT_BENCH.exists():
+        for line in MT_BENCH.read_text().splitlines():
+            row = json.loads(line)
+            turns = row.get("turns") or row.get("prompt")
+            texts.append(turns[0] if isinstance(turns, list) else str(turns))
+    else:
+        texts = [json.loads(x)["prompt"] for x in (REPO / "examples" / "prompts.jsonl").read_text().splitlines()]
+    texts = (texts * (n // len(texts) + 1))[:n]
+    return [[{"role": "user", "content": t}] for t in texts]
+
+
+def run(engine, prompts, sampling) -> dict:
+    t0 = time.perf_counter()
+    outs = engine.generate(prompts, sampling)
+    dt = time.perf_counter() - t0
+    toks = sum(o.completion_tokens for o in outs)
+    return {"seconds": dt, "tokens": toks, "tok_s": toks / dt}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=64)
+    ap.add_argument("--max-tokens", type=int, default=128)
+    ap.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
+    args = ap.parse_args()
+    path = models.resolve("default")
+    prompts = load_prompts(args.n)
+    sampling = Sampling(max_tokens=args.max_tokens, temperature=0.7, seed=0)
+    results = {}
+
+    from cai.engine.vllm import VLLMEngine
+
+    t0 = time.perf_counter()
+    eng = VLLMEngine(path, EngineConfig(dtype="auto"))
+    ready = time.perf_counter() - t0
+    run(eng, prompts[:4], Sampling(max_tokens=8, temperature=0.7, seed=0))  # warm-up
+    results["vLLM (bf16 on CPU, eager)"] = {**run(eng, prompts, sampling), "ready_s": ready}
+    eng.close()
+    del eng
+    gc.collect()
+
+
+    from cai.engine.hf import HFEngine
+
+    for dtype in ("bfloat16", "float32"):
+        t0 = time.perf_counter()
+        hf = HFEngine.load(path, EngineConfig(backend="hf", dtype=dtype, hf_batch_size=args.n))
+        ready = time.perf_counter() - t0
+        results[f"transformers ({dtype}, batch {args.n}, left padding)"] = {**run(hf, prompts, sampling),
+                                                                           "ready_s": ready}
+        del hf
+        gc.collect()
+
+    base = results["vLLM (bf16 on CPU, eager)"]["tok_s"]
+    hf_bf16 = results[f"transformers (bfloat16, batch {args.n}, left padding)"]["tok_s"]
+    lines = ["| engine | ready in (s) | generation (s) | completion tokens | tokens/s | vLLM speed-up |",
+             "|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        lines.append(f"| {name} | {r['ready_s']:.1f} | {r['seconds']:.1f} | {r['tokens']} | {r['tok_s']:.0f} "
+                     f"| {base / r['tok_s']:.2f}x |")
+    body = (f"Command: `python scripts/bench_engine.py --n {args.n} --max-tokens {args.max_tokens}`  \n"
+            f"Machine: {machine()}  \n"
+            f"{args.n} MT-Bench first-turn prompts, up to {args.max_tokens} new tokens, temperature 0.7, "
+            "the default model (SmolLM2-135M-Instruct).\n\n" + "\n".join(lines) +
+            f"\n\nvLLM / transformers at equal precision (bf16): **{base / hf_bf16:.2f}x** (target: at least 3x).")
+    print(body)
+    if not args.no_write:
+        write_section("Engine throughput (scripts/bench_engine.py)", body)
+
+
+if __name__ == "__main__":
+    main()
