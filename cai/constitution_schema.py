@@ -86,6 +86,13 @@ FIELD_HELP = {
     "principle": "write the id of a principle",
 }
 
+MAPPING_HELP = {
+    "the top level of a principle file": "start with `name:`, `version:` and `principles:` lines; "
+                                         "see docs/constitution.md",
+    "a principle": "write `- id: ...` with `critique:`, `revision:` and `compare:` lines indented "
+                   "under it",
+}
+
 _STD_TAGS = {"tag:yaml.org,2002:" + t for t in ("str", "int", "float", "bool", "null", "timestamp",
                                                  "map", "seq")}
 
@@ -211,8 +218,11 @@ class _Reader:
             loc = Location(self.fd.display, mark.line + 1, mark.column + 1) if mark else Location(
                 self.fd.display)
             problem = e.problem or e.context or "syntax error"
-            self.error(loc, f"invalid YAML: {problem}",
-                       fix="check the indentation and quoting on this line and the line above")
+            fix = "check the indentation and quoting on this line and the line above"
+            if "mapping values are not allowed" in problem:
+                fix = ("a text that contains ': ' must be quoted, or written as a block: `>-` after "
+                       "the key and the text indented on the lines below")
+            self.error(loc, f"invalid YAML: {problem}", fix=fix)
             return
         except yaml.YAMLError as e:
             self.error(Location(self.fd.display), f"invalid YAML: {e}")
@@ -263,7 +273,7 @@ class _Reader:
             return None
         if not isinstance(node, MappingNode):
             self.error(node, f"{what} must be a mapping (key: value lines), got {_describe(node)}",
-                       principle=principle)
+                       principle=principle, fix=MAPPING_HELP.get(what, "write `key: value` lines"))
             return None
         keys: dict[str, tuple[Node, Node]] = {}
         for key_node, value_node in node.value:
@@ -297,7 +307,8 @@ class _Reader:
             return None
         if not isinstance(node, SequenceNode):
             self.error(node, f"{what!r} must be a list (lines starting with '- '), "
-                             f"got {_describe(node)}")
+                             f"got {_describe(node)}",
+                       fix=f"write each item on a line of its own starting with '- ', under `{what}:`")
             return None
         return list(node.value)
 
@@ -312,7 +323,9 @@ class _Reader:
         if isinstance(node, ScalarNode) and allow_number and kind in ("int", "float", "timestamp"):
             return node.value  # the digits as written: version 1.10 stays "1.10"
         if not isinstance(node, ScalarNode) or kind != "str":
-            fix = FIELD_HELP.get(key) if kind == "null" else None
+            fix = FIELD_HELP.get(key, "write a text") if kind == "null" else (
+                "write one text, not a list or mapping; quote it if it contains ': ' or starts "
+                "with '- ', '[' or '{'")
             if isinstance(node, ScalarNode) and kind in ("bool", "int", "float", "timestamp"):
                 fix = f'quote it: {key}: "{node.value}"'
             self.error(node, f"{key!r} must be text, got {_describe(node)}", fix=fix,

