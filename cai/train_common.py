@@ -15,6 +15,7 @@ continues bit-for-bit where it stopped, on the same hardware and thread count.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import random
@@ -74,7 +75,8 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     """Clip the global gradient norm to this; 0 turns clipping off."""
     max_length: int = 1024
-    """Longest tokenized example; longer ones are truncated (see the stage's docs for which end)."""
+    """Longest tokenized example; longer ones are truncated (SFT: the end is cut; reward model:
+    the start)."""
     precision: Literal["fp32", "bf16"] = "fp32"
     """fp32, or bf16 autocast with fp32 master weights and optimizer state."""
     device: str = "auto"
@@ -98,11 +100,13 @@ class TrainConfig:
         if self.batch_size < 1:
             raise ConfigError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.gradient_accumulation_steps < 1:
-            raise ConfigError(f"gradient_accumulation_steps must be >= 1, got {self.gradient_accumulation_steps}")
+            raise ConfigError("gradient_accumulation_steps must be >= 1, "
+                              f"got {self.gradient_accumulation_steps}")
         exact_div(self.batch_size, self.gradient_accumulation_steps,
                   f"batch_size {self.batch_size} / gradient_accumulation_steps")
         if self.max_steps is not None and self.max_steps < 1:
-            raise ConfigError(f"max_steps must be >= 1, got {self.max_steps}", fix="leave it unset to use epochs")
+            raise ConfigError(f"max_steps must be >= 1, got {self.max_steps}",
+                              fix="leave it unset to use epochs")
         if self.max_steps is None and not self.epochs > 0:
             raise ConfigError(f"epochs must be > 0, got {self.epochs}")
         if not 0 <= self.warmup_ratio < 1:
@@ -138,7 +142,8 @@ def resolve_device(name: str) -> torch.device:
     try:
         return torch.device(name)
     except RuntimeError as e:
-        raise ConfigError(f"device {name!r} is not a torch device", fix="use auto, cpu, cuda or cuda:N") from e
+        raise ConfigError(f"device {name!r} is not a torch device",
+                          fix="use auto, cpu, cuda or cuda:N") from e
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
@@ -199,6 +204,8 @@ def _dataset_rows(folder: Path, kind: str, split: Literal["train", "test"]) -> l
             raise InputError(f"the dataset has no split {wanted!r} (its splits: {', '.join(ds)})",
                              Location(str(folder)), fix=f"save the training rows as split {wanted!r}")
         table = ds[name]
+    if split == "test" and len(table) == 0:
+        return None  # the stages keep an empty test split (with its columns) when nothing fell in it
     label = f"{folder}[{name}]" if name else str(folder)
     return [SourceRow(row, Location(label, record=_rid(row) or f"#{i}")) for i, row in enumerate(table)]
 
@@ -208,7 +215,7 @@ def read_rows(source: str | Path, kind: Literal["sft", "prefs"],
     """Rows of `source` for a split. `source` is a JSONL file (all rows are `train`; it has no
     `test`), a dataset folder (`train_<kind>` / `test_<kind>`, or `train` / `test`), or a stage
     output folder holding `dataset/` (preferred: it has both splits) or `<kind>.jsonl`.
-    Returns None for a missing test split; a missing train split is an error."""
+    Returns None for a missing or empty test split; a missing train split is an error."""
     path = Path(source).expanduser()
     if not path.exists():
         raise InputError(f"{path} does not exist", fix="check the path")
@@ -223,7 +230,8 @@ def read_rows(source: str | Path, kind: Literal["sft", "prefs"],
     have = ", ".join(sorted(p.name for p in path.iterdir())[:20]) or "nothing"
     raise InputError(
         f"{path} holds no training data (looked for dataset/, {STAGE_FILES[kind]}, or a saved dataset); "
-        f"it has: {have}", fix="pass the output folder of the previous stage, a JSONL file or a dataset folder")
+        f"it has: {have}",
+        fix="pass the output folder of the previous stage, a JSONL file or a dataset folder")
 
 
 def check_columns(rows: Sequence[SourceRow], needed: Sequence[str], source: str | Path) -> None:
@@ -278,10 +286,11 @@ def _as_tuples(x: Any) -> Any:
     return tuple(_as_tuples(v) for v in x) if isinstance(x, (list, tuple)) else x
 
 
-def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+@functools.lru_cache(maxsize=2)
+def epoch_order(n: int, seed: int, epoch: int) -> tuple[int, ...]:
     """The sample order of one epoch: a permutation that depends only on (seed, epoch)."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(n, generator=g).tolist()
+    return tuple(torch.randperm(n, generator=g).tolist())
 
 
 def batch_indices(n: int, seed: int, start: int, count: int) -> list[int]:
@@ -301,6 +310,16 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opti
             (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(0.9, 0.999), eps=1e-8)
+
+
+def adam_steps(optimizer: torch.optim.Optimizer) -> int:
+    """How many updates the optimizer has applied (AdamW counts them per parameter)."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            state = optimizer.state.get(p)
+            if state and "step" in state:
+                return int(state["step"])
+    return 0
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int):
@@ -358,7 +377,8 @@ def load_checkpoint(folder: Path, model: torch.nn.Module, optimizer, scheduler) 
         rng = torch.load(folder / "rng.pt", weights_only=True)
     except (OSError, RuntimeError, KeyError) as e:
         raise ResumeError(f"cannot resume from checkpoint {folder}: {e}",
-                          fix="delete that checkpoint folder to resume from an older one, or use a new --out") from e
+                          fix="delete that checkpoint folder to resume from an older one, "
+                              "or use a new --out") from e
     state = json.loads((folder / "state.json").read_text())
     state["rng"] = rng
     return state
@@ -368,6 +388,27 @@ def is_finished(out: Path) -> dict[str, Any] | None:
     """The summary of a finished run in `out`, or None."""
     path = Path(out) / DONE_FILE
     return json.loads(path.read_text()) if path.exists() else None
+
+
+def finished_run(out: Path, cfg: Any) -> dict[str, Any] | None:
+    """The summary of a finished run in `out` made with `cfg`, or None if there is none. A
+    finished run made with another config is refused: it would not be trained further."""
+    import yaml
+
+    from cai import config as cfg_mod
+    from cai.records import CONFIG_FILE
+
+    done = is_finished(out)
+    if done is None:
+        return None
+    path = Path(out) / CONFIG_FILE
+    old = yaml.safe_load(path.read_text()) if path.exists() else {}
+    changes = cfg_mod.diff(old or {}, cfg_mod.to_jsonable(cfg))
+    if changes:
+        raise ResumeError(f"{out} holds a finished run made with a different config:\n    "
+                          + "\n    ".join(changes),
+                          fix="choose a new --out folder (a finished run is not trained further)")
+    return {**done, "already_finished": True}
 
 
 def mark_finished(out: Path, summary: dict[str, Any], cfg: TrainConfig) -> None:
@@ -425,8 +466,14 @@ def progress_bar(total: int, start: int, description: str, enabled: bool) -> Ite
         yield lambda *a, **k: None
         return
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
-        TimeRemainingColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[speed]:>7.2f} samples/s  loss {task.fields[loss]:.4f}"),
@@ -536,7 +583,7 @@ def fit(model: torch.nn.Module, examples: Sequence[Any], task: Task, cfg: TrainC
     last: dict[str, float] = {}
     evals: dict[str, float] = {}
     step = start
-    step_rng = rng_state()  # the RNG state at the start of the step in flight (for Ctrl-C saves)
+    step_rng = rng_state()  # the RNG state at the end of the last finished step (what a checkpoint holds)
     saved_at = start
 
     def checkpoint(at: int, rng: dict[str, Any]) -> None:
@@ -560,15 +607,15 @@ def fit(model: torch.nn.Module, examples: Sequence[Any], task: Task, cfg: TrainC
     try:
         with progress_bar(total, start, description, progress) as update:
             while step < total:
-                step_rng = rng_state()
                 idx = batch_indices(n, cfg.seed, step * cfg.batch_size, cfg.batch_size)
                 micro = [task.collate([examples[i] for i in idx[j:j + cfg.local_batch_size]])
                          for j in range(0, len(idx), cfg.local_batch_size)]
                 metrics = optimizer_step(model, micro, task, optimizer, scheduler, cfg, device)
                 if not math.isfinite(metrics.get("train/loss", 0.0)):
-                    raise InputError(f"the training loss became {metrics['train/loss']} at step {step + 1}",
-                                     fix="lower learning_rate, or use fp32 instead of bf16")
+                    raise ConfigError(f"the training loss became {metrics['train/loss']} at step {step + 1}",
+                                      fix="lower learning_rate, or use fp32 instead of bf16")
                 step += 1
+                step_rng = rng_state()
                 window_samples += sum(b["samples"] for b in micro)
                 tokens = sum(b["tokens"] for b in micro)
                 elapsed = time.perf_counter() - window_t
@@ -583,14 +630,15 @@ def fit(model: torch.nn.Module, examples: Sequence[Any], task: Task, cfg: TrainC
                 if cfg.eval_every and step % cfg.eval_every == 0 and step < total:
                     evals = run_eval(step)
                 if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total:
-                    checkpoint(step, rng_state())
+                    checkpoint(step, step_rng)
                 if on_step is not None:
                     on_step(step)
         evals = run_eval(step)
     except KeyboardInterrupt:
-        # Between steps the model and optimizer hold step `step`; the RNG is restored to how it
-        # was before the interrupted step began, so the resumed run redoes that step exactly.
-        if step > saved_at:
+        # The model and optimizer hold step `step` unless the interrupt hit between
+        # optimizer.step() and the count (then the periodic checkpoint stays the resume point);
+        # step_rng is the RNG as that step left it, so the resumed run redoes the next step exactly.
+        if step > saved_at and adam_steps(optimizer) == step:
             checkpoint(step, step_rng)
         raise
     finally:

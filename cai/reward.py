@@ -1,0 +1,484 @@
+"""`cai rm train`: a Bradley–Terry reward model trained on soft AI-feedback labels (method.md §3).
+
+    P(chosen > rejected) = sigmoid(r(prompt, chosen) - r(prompt, rejected))
+    loss = BCE(sigmoid(r_c - r_r - margin), p)        p = the judge's P(chosen is better)
+
+With p = 1 (a hard label; rows without `p_chosen`) this is the usual -log sigmoid(r_c - r_r),
+and with a margin it is Llama 2's -log sigmoid(r_c - r_r - m). RLAIF trained its reward model
+with cross-entropy against soft labels like this; TRL and OpenRLHF take hard pairs only.
+
+The model is the policy (or SFT model) with a one-output linear head (AutoModelForSequence-
+Classification, num_labels=1). It reads prompt + response rendered by the chat template, and the
+score is taken at the last non-padding token (the end-of-turn token), found from the attention
+mask, never from pad_token_id (SmolLM2 pads with its EOS token).
+
+After training, rewards are normalized to mean 0 and standard deviation 1 over the training
+responses: reward = gain * raw + bias, with gain, bias and their statistics in
+`cai_reward.json` beside the weights. The folder itself is a plain transformers model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import re
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+
+from cai import models, records
+from cai.errors import ConfigError, InputError, Location, ModelNotFoundError, MultiError
+from cai.sft import load_tokenizer, render
+from cai.train_common import (
+    SourceRow,
+    Task,
+    TrainConfig,
+    check_columns,
+    finished_run,
+    fit,
+    mark_finished,
+    read_rows,
+    seed_everything,
+)
+
+Message = dict[str, str]
+NORM_FILE = "cai_reward.json"
+
+
+@dataclass(frozen=True, kw_only=True)
+class RMConfig(TrainConfig):
+    """`cai rm train`: a soft-label Bradley–Terry reward model."""
+
+    prefs: str = ""
+    """Preference pairs: a JSONL file, a dataset folder (train_prefs / test_prefs) or the output
+    folder of `cai label` (its dataset/ or prefs.jsonl). Rows need prompt, chosen, rejected;
+    optional p_chosen (soft label, default 1.0) and margin."""
+    base: str = "default"
+    """The model to start from (the policy or the SFT model): `default`, a folder or a hub id.
+    Its LM head is replaced by a new one-output score head."""
+    eval_prefs: str | None = None
+    """Held-out pairs (same formats). Unset: the prefs' test_prefs split, if any."""
+    margin_scale: float = 0.0
+    """Multiplies each row's `margin` before it is subtracted from r_c - r_r. 0 ignores
+    margins; 1 gives Llama 2's margin loss."""
+    norm_max_responses: int = 0
+    """Training responses scored for the normalization statistics (a seeded sample); 0: all."""
+    score_batch_size: int = 16
+    """Sequences per forward pass when scoring (normalization and evaluation)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.prefs:
+            raise ConfigError("prefs is not set",
+                              fix="pass --prefs FILE|DIR, or set prefs: in the config file")
+        if self.margin_scale < 0:
+            raise ConfigError(f"margin_scale must be >= 0, got {self.margin_scale}")
+        if self.norm_max_responses < 0 or self.score_batch_size < 1:
+            raise ConfigError("norm_max_responses must be >= 0 and score_batch_size >= 1, got "
+                              f"{self.norm_max_responses} and {self.score_batch_size}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The loss
+# ---------------------------------------------------------------------------------------------
+
+
+def preference_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, p: torch.Tensor | None = None,
+                    margin: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-pair BCE(sigmoid(r_c - r_r - margin), p); p = None means hard labels (p = 1)."""
+    logits = r_chosen - r_rejected
+    if margin is not None:
+        logits = logits - margin
+    target = torch.ones_like(logits) if p is None else p.to(logits.dtype)
+    return F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+
+
+def label_agreement(r_chosen: torch.Tensor, r_rejected: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """1 where the model prefers the labeled side (chosen if p > 0.5, rejected if p < 0.5),
+    0 where it prefers the other, 0.5 for a tie in either."""
+    pred = torch.sign(r_chosen - r_rejected)
+    label = torch.sign(p - 0.5)
+    return torch.where((pred == 0) | (label == 0), 0.5, (pred == label).to(r_chosen.dtype))
+
+
+# ---------------------------------------------------------------------------------------------
+# Preference rows
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One preference: the prompt conversation and the two continuations that follow it."""
+
+    prompt: list[Message]
+    chosen: list[Message]
+    rejected: list[Message]
+    p: float = 1.0
+    """P(chosen is better) from the labeler; 1.0 for a hard label."""
+    margin: float = 0.0
+    id: str | None = None
+    where: Location | None = None
+
+
+_TURN = re.compile(r"(?:^|\n\n)(Human|Assistant):")
+
+
+def parse_dialogue(text: str) -> list[Message]:
+    """An hh-rlhf style string ("\\n\\nHuman: ...\\n\\nAssistant: ...") as a conversation: Human
+    turns become user turns, Assistant turns assistant turns, text before the first marker a
+    system turn, and the empty last "Assistant:" cue is dropped. A string without markers is
+    one user turn."""
+    parts = _TURN.split(text)
+    if len(parts) == 1:
+        return [{"role": "user", "content": text.strip()}]
+    turns = [{"role": "system", "content": parts[0].strip()}] if parts[0].strip() else []
+    for marker, content in zip(parts[1::2], parts[2::2], strict=True):
+        turns.append({"role": "user" if marker == "Human" else "assistant", "content": content.strip()})
+    if turns and turns[-1]["role"] == "assistant" and not turns[-1]["content"]:
+        turns.pop()
+    return turns
+
+
+def as_messages(value: Any, column: str, where: Location | None, *, is_prompt: bool) -> list[Message]:
+    """A prompt or response column as messages: a string (a dialogue for prompts, one assistant
+    reply for responses), one {role, content} dict, or a list of them."""
+    if isinstance(value, str):
+        return parse_dialogue(value) if is_prompt else [{"role": "assistant", "content": value.strip()}]
+    if isinstance(value, dict):
+        value = [value]
+    if isinstance(value, list) and value and all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+            for m in value):
+        return [{"role": m["role"], "content": m["content"]} for m in value]
+    raise InputError(f"column {column!r} must be a string or a non-empty list of {{role, content}} "
+                     f"messages, got {str(value)[:80]!r}", where)
+
+
+def _number(value: Any, column: str, default: float, where: Location | None) -> float:
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InputError(f"column {column!r} must be a number, got {value!r}", where)
+    return float(value)
+
+
+def pair_from_row(row: SourceRow) -> Pair:
+    d, where = row.data, row.where
+    p = _number(d.get("p_chosen"), "p_chosen", 1.0, where)
+    if not 0.0 <= p <= 1.0:
+        raise InputError(f"p_chosen must be in [0, 1], got {p}", where,
+                         fix="p_chosen is the probability that `chosen` is the better response")
+    return Pair(prompt=as_messages(d["prompt"], "prompt", where, is_prompt=True),
+                chosen=as_messages(d["chosen"], "chosen", where, is_prompt=False),
+                rejected=as_messages(d["rejected"], "rejected", where, is_prompt=False),
+                p=p, margin=_number(d.get("margin"), "margin", 0.0, where),
+                id=None if d.get("id") is None else str(d["id"]), where=where)
+
+
+def pairs_from_rows(rows: list[SourceRow], source: Any) -> list[Pair]:
+    """Check and convert preference rows; every bad row is reported, not only the first."""
+    check_columns(rows, ["prompt", "chosen", "rejected"], source)
+    pairs, errors, same = [], [], []
+    for row in rows:
+        try:
+            pair = pair_from_row(row)
+        except InputError as e:
+            errors.append(e)
+            continue
+        if pair.chosen == pair.rejected:
+            same.append(str(row.where))
+            continue
+        pairs.append(pair)
+    if same:
+        shown = same[:20] + ([f"... and {len(same) - 20} more"] if len(same) > 20 else [])
+        errors.append(InputError(f"{len(same)} row(s) have chosen equal to rejected, which teaches "
+                                 "nothing:\n    " + "\n    ".join(shown),
+                                 fix="remove these rows (the label stage never writes them)"))
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        raise MultiError(f"{len(errors)} problems in {source}:", errors=errors[:20])
+    return pairs
+
+
+def read_pairs(source: str | Path, split: Literal["train", "test"] = "train") -> list[Pair] | None:
+    rows = read_rows(source, "prefs", split)
+    return None if rows is None else pairs_from_rows(rows, source)
+
+
+# ---------------------------------------------------------------------------------------------
+# Scoring: the reward at the last non-padding token
+# ---------------------------------------------------------------------------------------------
+
+
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position of the last attended token of each row (right or left padding)."""
+    positions = torch.arange(attention_mask.shape[-1], device=attention_mask.device)
+    return (positions * attention_mask.to(positions.dtype)).argmax(-1)
+
+
+def sequence_rewards(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Raw rewards [batch] of a sequence-classification model with one output, read at the last
+    non-padding token. Only that token goes through the score head."""
+    head = getattr(model, "score", None)
+    if head is None:
+        raise ConfigError(f"{type(model).__name__} has no `score` head; cai reward models are "
+                          "decoder models loaded with AutoModelForSequenceClassification")
+    hidden = getattr(model, model.base_model_prefix)(
+        input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    rows = torch.arange(hidden.shape[0], device=hidden.device)
+    return head(hidden[rows, last_token_index(attention_mask)]).squeeze(-1)
+
+
+def encode(tokenizer, prompt: list[Message], response: list[Message], max_length: int) -> list[int]:
+    """Token ids of prompt + response through the chat template, ending at the end-of-turn token
+    (trailing whitespace removed). Too long: the *start* is cut, keeping the scored end."""
+    text = render(tokenizer, prompt + response).rstrip()
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return ids[-max_length:]
+
+
+def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, :len(s)] = torch.tensor(s, dtype=torch.long)
+        mask[i, :len(s)] = 1
+    return ids, mask
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    """transformers 5 prints a load report naming the new score head (expected here) and bars."""
+    from transformers.utils import logging as hf_logging
+
+    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+class RewardModel:
+    """A trained reward model: `score` gives normalized rewards (gain * raw + bias)."""
+
+    def __init__(self, model, tokenizer, gain: float = 1.0, bias: float = 0.0, max_length: int = 1024,
+                 info: dict[str, Any] | None = None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.gain = gain
+        self.bias = bias
+        self.max_length = max_length
+        self.info = info or {}
+
+    @classmethod
+    def load(cls, folder: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32) -> RewardModel:
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        folder = Path(folder)
+        norm_path = folder / NORM_FILE
+        if not norm_path.exists():
+            raise ModelNotFoundError(f"{folder} is not a cai reward model (no {NORM_FILE})",
+                                     fix="pass the --out folder of `cai rm train`")
+        info = json.loads(norm_path.read_text())
+        with _quiet_transformers():
+            model = AutoModelForSequenceClassification.from_pretrained(folder, dtype=dtype).to(device).eval()
+        if model.config.num_labels != 1:
+            raise ModelNotFoundError(f"{folder} has {model.config.num_labels} outputs; a reward model has 1")
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+        return cls(model, tokenizer, info["gain"], info["bias"], info.get("max_length", 1024), info)
+
+    def save(self, folder: str | Path, **extra: Any) -> None:
+        """Weights and tokenizer as a plain transformers folder, plus cai_reward.json."""
+        folder = Path(folder)
+        with _quiet_transformers():
+            self.model.save_pretrained(folder, safe_serialization=True)
+        self.tokenizer.save_pretrained(folder)
+        self.info = {"format": "cai-reward/1", "gain": self.gain, "bias": self.bias,
+                     "max_length": self.max_length, "score_token": "last non-padding token",
+                     **extra}
+        tmp = folder / (NORM_FILE + ".tmp")
+        tmp.write_text(json.dumps(self.info, indent=1))
+        tmp.replace(folder / NORM_FILE)
+
+    def encode(self, prompt: list[Message] | str, response: str | list[Message]) -> list[int]:
+        prompt = parse_dialogue(prompt) if isinstance(prompt, str) else prompt
+        return encode(self.tokenizer, prompt, as_messages(response, "response", None, is_prompt=False),
+                      self.max_length)
+
+    def score_ids(self, seqs: Sequence[Sequence[int]], batch_size: int = 16) -> list[float]:
+        """Raw rewards of token sequences, in input order (batched by length)."""
+        order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
+        out = [0.0] * len(seqs)
+        device = next(self.model.parameters()).device
+        was_training = self.model.training
+        self.model.eval()
+        with torch.no_grad():
+            for start in range(0, len(order), batch_size):
+                chunk = order[start:start + batch_size]
+                ids, mask = pad_batch([seqs[i] for i in chunk], self.tokenizer.pad_token_id or 0)
+                rewards = sequence_rewards(self.model, ids.to(device), mask.to(device)).float().tolist()
+                for i, r in zip(chunk, rewards, strict=True):
+                    out[i] = r
+        self.model.train(was_training)
+        return out
+
+    def score_raw(self, prompts: Sequence[list[Message] | str], responses: Sequence[str | list[Message]],
+                  batch_size: int = 16) -> list[float]:
+        """Rewards before normalization."""
+        if len(prompts) != len(responses):
+            raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
+        seqs = [self.encode(p, r) for p, r in zip(prompts, responses, strict=True)]
+        return self.score_ids(seqs, batch_size)
+
+    def score(self, prompts: Sequence[list[Message] | str], responses: Sequence[str | list[Message]],
+              batch_size: int = 16) -> list[float]:
+        """Normalized rewards: gain * raw + bias (mean 0, std 1 over the training responses)."""
+        return [self.gain * r + self.bias for r in self.score_raw(prompts, responses, batch_size)]
+
+
+# ---------------------------------------------------------------------------------------------
+# The stage
+# ---------------------------------------------------------------------------------------------
+
+
+def distinct_pad_token(tokenizer) -> None:
+    """Pad with a token other than EOS where the vocabulary has one, so that plain transformers'
+    own pooling (the rightmost token != pad_token_id) also lands on the end-of-turn token."""
+    if tokenizer.pad_token_id is not None and tokenizer.pad_token_id != tokenizer.eos_token_id:
+        return
+    for cand in (tokenizer.unk_token, "<|endoftext|>", "<|finetune_right_pad_id|>", "<pad>"):
+        cid = tokenizer.convert_tokens_to_ids(cand) if cand else None
+        # an unknown token converts to the unk id: only the unk token itself may have it
+        known = cand == tokenizer.unk_token or cid != tokenizer.unk_token_id
+        if isinstance(cid, int) and known and cid != tokenizer.eos_token_id:
+            tokenizer.pad_token = cand
+            return
+
+
+def encode_pairs(tokenizer, pairs: list[Pair], max_length: int) -> tuple[list[dict[str, Any]], int]:
+    """Training examples and how many pairs had a side truncated to max_length."""
+    examples, truncated = [], 0
+    for pr in pairs:
+        c = encode(tokenizer, pr.prompt, pr.chosen, max_length + 1)
+        r = encode(tokenizer, pr.prompt, pr.rejected, max_length + 1)
+        truncated += len(c) > max_length or len(r) > max_length
+        examples.append({"chosen": c[-max_length:], "rejected": r[-max_length:],
+                         "p": pr.p, "margin": pr.margin})
+    return examples, truncated
+
+
+def collate_pairs(examples: list[dict[str, Any]], pad_id: int, margin_scale: float) -> dict[str, Any]:
+    """One forward for both sides: rows [0, B) are the chosen sequences, [B, 2B) the rejected."""
+    ids, mask = pad_batch([e["chosen"] for e in examples] + [e["rejected"] for e in examples], pad_id)
+    return {"input_ids": ids, "attention_mask": mask,
+            "p": torch.tensor([e["p"] for e in examples], dtype=torch.float32),
+            "margin": torch.tensor([e["margin"] * margin_scale for e in examples], dtype=torch.float32),
+            "n": len(examples), "samples": len(examples), "tokens": int(mask.sum())}
+
+
+def pair_loss(model, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, float]]:
+    """Summed soft-label BT loss over the micro-batch's pairs, and summed metrics."""
+    r = sequence_rewards(model, batch["input_ids"], batch["attention_mask"]).float()
+    n = batch["n"]
+    r_c, r_r = r[:n], r[n:]
+    losses = preference_loss(r_c, r_r, batch["p"], batch["margin"])
+    loss = losses.sum()
+    with torch.no_grad():
+        metrics = {"loss": loss.item(), "accuracy": label_agreement(r_c, r_r, batch["p"]).sum().item(),
+                   "reward_margin": (r_c - r_r).sum().item(), "reward_chosen": r_c.sum().item(),
+                   "reward_rejected": r_r.sum().item()}
+    return loss, metrics
+
+
+def normalization(rm: RewardModel, pairs: list[Pair], max_responses: int, seed: int,
+                  batch_size: int) -> dict[str, Any]:
+    """gain and bias that map the raw rewards of the distinct training responses to mean 0, std 1."""
+    seqs = {}
+    for pr in pairs:
+        for side in (pr.chosen, pr.rejected):
+            ids = encode(rm.tokenizer, pr.prompt, side, rm.max_length)
+            seqs.setdefault(tuple(ids), ids)
+    distinct = list(seqs.values())
+    if max_responses and len(distinct) > max_responses:
+        distinct = random.Random(seed).sample(distinct, max_responses)
+    raw = torch.tensor(rm.score_ids(distinct, batch_size), dtype=torch.float64)
+    mean, std = raw.mean().item(), raw.std(correction=0).item() if len(raw) > 1 else 0.0
+    if std < 1e-8:
+        warnings.warn(f"the raw rewards of the training responses have std {std:.2e}; "
+                      "normalization only centers them", stacklevel=2)
+        std = 1.0
+    return {"gain": 1.0 / std, "bias": -mean / std,
+            "stats": {"mean": mean, "std": std, "n": len(distinct), "source": "training responses"}}
+
+
+def train_reward(cfg: RMConfig, *, force: bool = False, progress: bool = True,
+                 on_step=None) -> dict[str, Any]:
+    """Run (or resume) a reward-model job; returns its summary (also in OUT/train_done.json)."""
+    from transformers import AutoModelForSequenceClassification
+
+    from cai.reward_eval import evaluate_pairs
+
+    if (done := finished_run(Path(cfg.out), cfg)) is not None:
+        return done
+    out = records.open_run_dir(Path(cfg.out), cfg, force)
+    t0 = time.time()
+    path = models.resolve(cfg.base)
+    tokenizer = load_tokenizer(path)
+    distinct_pad_token(tokenizer)
+    pairs = read_pairs(cfg.prefs, "train")
+    if cfg.margin_scale > 0 and not any(pr.margin for pr in pairs):
+        raise ConfigError(f"margin_scale is {cfg.margin_scale} but no row of {cfg.prefs} has a margin",
+                          fix="set margin_scale: 0, or add a `margin` column")
+    held = read_pairs(cfg.eval_prefs, "train") if cfg.eval_prefs else read_pairs(cfg.prefs, "test")
+    eval_pairs = held or []
+    examples, truncated = encode_pairs(tokenizer, pairs, cfg.max_length)
+    if truncated:
+        warnings.warn(f"{truncated} of {len(pairs)} pairs were longer than max_length={cfg.max_length}; "
+                      "their start was cut", stacklevel=2)
+
+    seed_everything(cfg.seed)  # the new score head is drawn from this seed
+    with _quiet_transformers():
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    rm = RewardModel(model, tokenizer, max_length=cfg.max_length)
+
+    def evaluate(_model) -> dict[str, float]:
+        report = evaluate_pairs(rm, eval_pairs, cfg.score_batch_size)
+        return {k: report[k] for k in ("accuracy", "mean_prob_label", "loss", "ece")}
+
+    pad = tokenizer.pad_token_id
+    task = Task(collate=lambda exs: collate_pairs(exs, pad, cfg.margin_scale), loss=pair_loss,
+                evaluate=evaluate if eval_pairs else None)
+    result = fit(model, examples, task, cfg, progress=progress, description="cai rm train", on_step=on_step)
+
+    norm = normalization(rm, pairs, cfg.norm_max_responses, cfg.seed, cfg.score_batch_size)
+    rm.gain, rm.bias = norm["gain"], norm["bias"]
+    report = evaluate_pairs(rm, eval_pairs, cfg.score_batch_size) if eval_pairs else None
+    rm.save(out, stats=norm["stats"], base=cfg.base, prefs=cfg.prefs)
+    if report is not None:
+        (out / "eval.json").write_text(json.dumps(report, indent=1))
+    summary = {
+        "stage": "rm", "base": cfg.base, "prefs": cfg.prefs, "pairs": len(pairs),
+        "soft_labels": sum(pr.p not in (0.0, 1.0) for pr in pairs), "truncated": truncated,
+        "eval_pairs": len(eval_pairs), "steps": result.steps, "resumed_from": result.resumed_from,
+        "train_loss": result.last_metrics.get("train/loss"),
+        "train_accuracy": result.last_metrics.get("train/accuracy"),
+        "eval_accuracy": report["accuracy"] if report else None, "gain": rm.gain, "bias": rm.bias,
+        "seconds": round(time.time() - t0, 1),
+    }
+    mark_finished(out, summary, cfg)
+    return summary
