@@ -7,11 +7,11 @@ import torch
 
 from cai.config import EngineConfig
 from cai.engine import tokens
-from cai.engine.base import Completion, Conversation, Engine, Prompt, Sampling, request_seeds
+from cai.engine.base import Completion, Engine, Prompt, Sampling, request_seeds
 from cai.errors import EngineError
 
 
-class HFEngine(Engine):
+class HFEngine(tokens.TokenizerMixin, Engine):
     def __init__(self, model, tokenizer, model_name: str, max_model_len: int = 2048, batch_size: int = 32):
         self.model = model
         self.tokenizer = tokenizer
@@ -50,12 +50,6 @@ class HFEngine(Engine):
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
-
-    def render(self, conversation: Conversation, add_generation_prompt: bool = True) -> str:
-        return tokens.render(self.tokenizer, conversation, add_generation_prompt)
-
-    def count_tokens(self, texts: list[str]) -> list[int]:
-        return [len(tokens.encode(self.tokenizer, t)) for t in texts]
 
     @torch.no_grad()
     def generate(self, prompts: list[Prompt], sampling: Sampling,

@@ -18,13 +18,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 from cai.config import EngineConfig
 from cai.engine import tokens
-from cai.engine.base import Completion, Conversation, Engine, Prompt, Sampling, request_seeds
+from cai.engine.base import Completion, Engine, Prompt, Sampling, request_seeds
 from cai.errors import EngineError
 
 RETRYABLE_STATUS = {408, 425, 429, 500, 502, 503, 504}
 
 
-class HTTPEngine(Engine):
+class HTTPEngine(tokens.TokenizerMixin, Engine):
     def __init__(self, cfg: EngineConfig, tokenizer, model_name: str | None = None):
         self.cfg = cfg
         self.base_url = cfg.base_url.rstrip("/")
@@ -98,12 +98,6 @@ class HTTPEngine(Engine):
     @property
     def max_model_len(self) -> int:
         return self.cfg.max_model_len
-
-    def render(self, conversation: Conversation, add_generation_prompt: bool = True) -> str:
-        return tokens.render(self.tokenizer, conversation, add_generation_prompt)
-
-    def count_tokens(self, texts: list[str]) -> list[int]:
-        return [len(tokens.encode(self.tokenizer, t)) for t in texts]
 
     def generate(self, prompts: list[Prompt], sampling: Sampling,
                  seeds: list[int] | None = None) -> list[Completion]:

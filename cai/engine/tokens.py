@@ -12,6 +12,19 @@ from cai.engine.base import Conversation, Prompt
 from cai.errors import EngineError
 
 
+class TokenizerMixin:
+    """`render` and `count_tokens` for backends that hold the model's HF tokenizer as
+    `self.tokenizer` (all real backends do, so they tokenize identically)."""
+
+    tokenizer: object
+
+    def render(self, conversation: Conversation, add_generation_prompt: bool = True) -> str:
+        return render(self.tokenizer, conversation, add_generation_prompt)
+
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        return [len(encode(self.tokenizer, t)) for t in texts]
+
+
 def render(tokenizer, conversation: Conversation, add_generation_prompt: bool = True) -> str:
     if tokenizer.chat_template is None:
         raise EngineError(

@@ -12,7 +12,7 @@ from collections.abc import Iterable
 
 from cai.config import EngineConfig
 from cai.engine import tokens
-from cai.engine.base import Completion, Conversation, Engine, Prompt, Sampling, request_seeds
+from cai.engine.base import Completion, Engine, Prompt, Sampling, request_seeds
 from cai.errors import EngineError
 
 
@@ -32,7 +32,7 @@ def _cpu_defaults(cfg: EngineConfig) -> None:
 _CPU_ENGINE_ARGS = {"enable_chunked_prefill": False}
 
 
-class VLLMEngine(Engine):
+class VLLMEngine(tokens.TokenizerMixin, Engine):
     def __init__(self, model_path: str, cfg: EngineConfig, model_name: str | None = None):
         import torch
 
@@ -69,12 +69,6 @@ class VLLMEngine(Engine):
     @property
     def max_model_len(self) -> int:
         return self.cfg.max_model_len
-
-    def render(self, conversation: Conversation, add_generation_prompt: bool = True) -> str:
-        return tokens.render(self.tokenizer, conversation, add_generation_prompt)
-
-    def count_tokens(self, texts: list[str]) -> list[int]:
-        return [len(tokens.encode(self.tokenizer, t)) for t in texts]
 
     def _params(self, sampling: Sampling, seed: int | None):
         from vllm import SamplingParams
