@@ -1,0 +1,567 @@
+"""`cai label`: AI-feedback preference pairs (RLAIF, method.md §2), judged in both orders, with
+soft labels, batched, resumable and crash-safe.
+
+Inputs (`input_kind`, detected from the input when `auto`):
+
+- prompts: a prompts file (any format `cai.data.read_prompts` reads). The policy samples
+  `samples_per_prompt` responses per prompt (temperature 1 by default), which are paired
+  (`pairing`: `all` pairs, or `adjacent` ones: 1-2, 2-3, ...). The samples are stored in
+  DIR/responses.jsonl first, so a resumed job judges exactly the same responses.
+- revise: the output folder of `cai revise`: the initial response against the final revision
+  (`revise_pairs: final`), or each round against the next (`rounds`).
+- responses: any JSONL/JSON/CSV/dataset with a prompt (or conversation) and two or more
+  responses: a `responses` list, `chosen`/`rejected`, or `response_a`/`response_b`.
+
+The pipeline, chunk by chunk: pairs -> `cai.judge.judge_pairs` (one engine call per chunk) ->
+DIR/judgments.jsonl (append-only, fsynced per chunk: `kill -9` loses at most the chunk in
+flight). When every pair is judged, the outputs are rebuilt from the judgments, so they always
+match them: prefs.jsonl (TRL's conversational preference rows with the soft label and
+provenance), ties.jsonl, rejects.jsonl, dataset/ (train_prefs / test_prefs) and summary.json.
+docs/label.md lists every column.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import cai
+from cai import provenance
+from cai.clean import FLAGS
+from cai.config import EngineConfig, to_jsonable
+from cai.constitution import DEFAULT_PATH, Constitution, load_constitution
+from cai.data import Reject, _as_messages, content_id, iter_rows, read_prompts, reject_too_long
+from cai.engine import Conversation, Engine, Sampling, make_engine
+from cai.errors import ConfigError, InputError, Location
+from cai.export import DATASET_DIR, PREFS_FILE, pref_row, split_rows, write_dataset
+from cai.judge import JudgeOptions, Judgment, Pair, check_options, is_tie, judge_pairs, resolve_judge_engine
+from cai.progress import make_progress
+from cai.records import JsonlStore, open_run_dir, read_jsonl, write_jsonl_atomic
+from cai.reward import parse_dialogue
+
+RESPONSES_FILE = "responses.jsonl"
+JUDGMENTS_FILE = "judgments.jsonl"
+TIES_FILE = "ties.jsonl"
+REJECTS_FILE = "rejects.jsonl"
+SUMMARY_FILE = "summary.json"
+RESPONSE_COLUMNS = (("responses",), ("chosen", "rejected"), ("response_a", "response_b"))
+"""The ways a responses file may hold its responses, in the order they are looked for."""
+
+
+@dataclass(frozen=True)
+class LabelConfig:
+    """Settings of `cai label`."""
+
+    input: Path
+    """Prompts file, `cai revise` output folder, or a file of prompts with two or more responses."""
+    out: Path
+    """Output folder (resumed if it holds the same job; see `cai.records.open_run_dir`)."""
+    constitution: Path = Path(DEFAULT_PATH)
+    """Principle file: comparison principles, judge template and few-shot comparisons."""
+    judge: EngineConfig = field(default_factory=EngineConfig)
+    """The judge model and backend (`backend: http` judges through an OpenAI-compatible server).
+    dtype `auto` is float32 on a CPU: bf16 logits quantize the soft labels (cai.judge.resolve_judge_engine)."""
+    policy: EngineConfig | None = None
+    """prompts input only: the model that samples the responses. Unset: the judge model, one engine."""
+    judging: JudgeOptions = field(default_factory=JudgeOptions)
+    """Principles per pair, chain of thought, clamping (see cai.judge.JudgeOptions)."""
+    input_kind: Literal["auto", "prompts", "revise", "responses"] = "auto"
+    """auto: a folder with records.jsonl is a revise output; a file whose first row has
+    `responses`, `chosen`/`rejected` or `response_a`/`response_b` holds responses; else prompts."""
+    prompt_column: str = "prompt"
+    """Column of the prompt text or conversation (prompts and responses inputs). A string in the
+    hh-rlhf style ("\\n\\nHuman: ...\\n\\nAssistant: ...") is read as that dialogue."""
+    id_column: str = "id"
+    """Column of a stable row id (else one is derived from the prompt)."""
+    samples_per_prompt: int = 2
+    """prompts input: responses sampled per prompt (k >= 2)."""
+    pairing: Literal["all", "adjacent"] = "all"
+    """Which responses of one prompt are compared: all k(k-1)/2 pairs, or the k-1 pairs of
+    neighbours (1-2, 2-3, ...: linear in k, each response in at most two pairs)."""
+    policy_max_tokens: int = 256
+    """prompts input: new tokens per sampled response."""
+    policy_temperature: float = 1.0
+    """prompts input: sampling temperature (1.0, as the papers sample responses to compare)."""
+    policy_top_p: float = 1.0
+    """prompts input: nucleus sampling mass."""
+    revise_pairs: Literal["final", "rounds"] = "final"
+    """revise input: `final` compares the initial response with the last revision; `rounds`
+    compares each step with the next (initial-round 1, round 1-round 2, ...)."""
+    skip_flags: tuple[str, ...] = FLAGS
+    """revise input: a pair with a side flagged by `cai revise` (empty, degenerate, truncated,
+    wrong_role) is skipped and counted. [] judges everything."""
+    tie_threshold: float = 0.05
+    """A pair is a tie when |p - 0.5| < this (p = the debiased soft label); p = 0.5 is always a
+    tie. Ties go to ties.jsonl and stay out of prefs.jsonl unless keep_ties."""
+    keep_ties: bool = False
+    """Also write ties to prefs.jsonl (flagged `tie: true`); their soft labels near 0.5 still teach
+    a soft-label reward model that the two are close."""
+    test_fraction: float = 0.1
+    """Share of source ids in test_prefs. All pairs of one prompt share a split, and it is the
+    same split `cai revise` puts that id in (cai.export.split_of)."""
+    split_seed: int = 0
+    """Seed of the id-hash split."""
+    seed: int = 0
+    """Run seed: principle draws, policy samples and CoT rationales derive from it and the ids."""
+    chunk_size: int = 64
+    """Pairs per engine call (x 2 orders x principles_per_pair prompts); each chunk is flushed."""
+
+    def __post_init__(self) -> None:
+        if self.samples_per_prompt < 2:
+            raise ConfigError(f"samples_per_prompt must be >= 2 to form pairs, got {self.samples_per_prompt}",
+                              fix="pass --samples-per-prompt 2 or more")
+        if not 0 <= self.tie_threshold < 0.5:
+            raise ConfigError(f"tie_threshold must be in [0, 0.5), got {self.tie_threshold}",
+                              fix="e.g. 0.05 (ties: 0.45 < p < 0.55), or 0 to keep every non-0.5 label")
+        if not 0 <= self.test_fraction < 1:
+            raise ConfigError(f"test_fraction must be in [0, 1), got {self.test_fraction}")
+        if self.chunk_size < 1 or self.policy_max_tokens < 1:
+            raise ConfigError("chunk_size and policy_max_tokens must be >= 1")
+        unknown = [f for f in self.skip_flags if f not in FLAGS]
+        if unknown:
+            raise ConfigError(f"skip_flags: unknown flag(s) {', '.join(map(repr, unknown))}",
+                              fix=f"use some of: {', '.join(FLAGS)} (or [] to judge everything)")
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One response that takes part in pairs, and where it came from."""
+
+    text: str
+    ref: str
+    """Source record id and which response, e.g. "p-1a2b#2", "rec7#initial", "rec7#round2"."""
+
+
+@dataclass(frozen=True)
+class Group:
+    """One conversation and the responses to compare, with the pairs to form from them."""
+
+    id: str
+    conversation: Conversation
+    candidates: tuple[Candidate, ...]
+    pairs: tuple[tuple[int, int], ...]
+    source: str
+    """"file:line" of the input row (or record)."""
+
+
+@dataclass(frozen=True)
+class LabelSummary:
+    """What a label job produced (the whole folder, not only this run), plus this run's speed."""
+
+    groups: int
+    """Prompts (or records, or rows) whose responses were paired."""
+    judged: int
+    """Pairs judged (ties included)."""
+    pairs: int
+    """Rows in prefs.jsonl."""
+    ties: int
+    identical: int
+    """Pairs skipped because both responses were the same text."""
+    rejected: int
+    """Input rows, responses and pairs that could not be used (see rejects.jsonl)."""
+    position_agreement: float | None
+    """Share of judged pairs whose two orders preferred the same response."""
+    mean_margin: float | None
+    """Mean |p - 0.5| over judged pairs: how decided the judge is."""
+    first_position_rate: float | None
+    """Share of single-order verdicts that picked (A): 0.5 for a judge without position bias."""
+    option_mass: float | None
+    """Mean P(A) + P(B) before normalization: near 1 when the judge answers in format."""
+    principles: dict[str, int]
+    """How often each principle judged a pair."""
+    judged_now: int
+    prompt_tokens: int
+    """Judge prompt tokens scored in this run."""
+    seconds: float
+    out: Path
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_jsonable(asdict(self))
+
+
+# --- Reading inputs ------------------------------------------------------------------------------
+
+
+def detect_kind(path: Path, prompt_column: str = "prompt") -> Literal["prompts", "revise", "responses"]:
+    path = Path(path)
+    if path.is_dir() and (path / "records.jsonl").exists():
+        return "revise"
+    for _, row in iter_rows(path):
+        if isinstance(row, dict) and any(all(c in row for c in cols) for cols in RESPONSE_COLUMNS):
+            return "responses"
+        return "prompts"
+    raise InputError(f"{path} has no rows", Location(str(path)), fix="pass a non-empty input")
+
+
+def pair_indices(k: int, pairing: str) -> tuple[tuple[int, int], ...]:
+    if pairing == "adjacent":
+        return tuple((i, i + 1) for i in range(k - 1))
+    return tuple(itertools.combinations(range(k), 2))
+
+
+def _response_text(value: Any) -> str | None:
+    """A response given as text, as one {role, content} message, or as a message list (TRL's
+    conversational chosen/rejected: the last assistant turn is the response)."""
+    if isinstance(value, str):
+        return value.strip()  # hh-rlhf replies start with a space; the judge sees them trimmed anyway
+    if isinstance(value, dict) and isinstance(value.get("content"), str):
+        return value["content"].strip()
+    if isinstance(value, list) and value and all(isinstance(m, dict) for m in value):
+        last = value[-1]
+        if last.get("role") == "assistant" and isinstance(last.get("content"), str):
+            return last["content"].strip()
+    return None
+
+
+def _conversation(value: Any) -> Conversation | str:
+    """A prompt as a conversation ending with a user turn, or a string saying what is wrong."""
+    if isinstance(value, str) and ("Human:" in value and "Assistant:" in value):
+        value = parse_dialogue(value)
+    msgs = _as_messages(value)
+    if isinstance(msgs, str):
+        return msgs
+    return [{"role": r, "content": c} for r, c in msgs]
+
+
+def read_response_groups(path: Path, prompt_column: str = "prompt", id_column: str = "id",
+                         pairing: str = "all") -> tuple[list[Group], list[Reject]]:
+    """Rows with a prompt and two or more responses; bad rows become rejects with the reason."""
+    groups: list[Group] = []
+    rejects: list[Reject] = []
+    seen: dict[str, str] = {}
+    for source, row in iter_rows(path):
+        if not isinstance(row, dict):
+            rejects.append(Reject(None, source, "row is not an object", "each row must be a JSON object"))
+            continue
+        rid = row.get(id_column)
+        rid = None if rid in (None, "") else str(rid)
+        value = row.get(prompt_column)
+        if value is None and prompt_column == "prompt":
+            value = row.get("messages", row.get("conversation"))
+        if value is None:
+            rejects.append(Reject(rid, source, f"no {prompt_column!r} column",
+                                  f"add a {prompt_column!r} field or pass --prompt-column"))
+            continue
+        conv = _conversation(value)
+        if isinstance(conv, str):
+            rejects.append(Reject(rid, source, f"{prompt_column!r}: {conv}", "fix the row's prompt"))
+            continue
+        cols = next((c for c in RESPONSE_COLUMNS if all(k in row for k in c)), None)
+        if cols is None:
+            rejects.append(Reject(rid, source, "no responses", "give the row a `responses` list, "
+                                  "`chosen` and `rejected`, or `response_a` and `response_b`"))
+            continue
+        values = row["responses"] if cols == ("responses",) else [row[c] for c in cols]
+        names = [str(i) for i in range(len(values))] if cols == ("responses",) else list(cols)
+        if not isinstance(values, list) or len(values) < 2:
+            rejects.append(Reject(rid, source, "`responses` must be a list of two or more responses",
+                                  "give every row at least two responses"))
+            continue
+        texts = [_response_text(v) for v in values]
+        if any(t is None for t in texts):
+            rejects.append(Reject(rid, source, "a response is neither text nor an assistant message",
+                                  "write each response as a string or [{role: assistant, content: ...}]"))
+            continue
+        rid = rid or content_id(tuple((m["role"], m["content"]) for m in conv))
+        if rid in seen:
+            rejects.append(Reject(rid, source, f"duplicate id (first at {seen[rid]})", "give every row a unique id"))
+            continue
+        seen[rid] = source
+        cands = tuple(Candidate(t, f"{rid}#{n}") for t, n in zip(texts, names, strict=True))
+        pairs = pair_indices(len(cands), pairing) if cols == ("responses",) else ((0, 1),)
+        groups.append(Group(rid, conv, cands, pairs, source))
+    return groups, rejects
+
+
+def read_revise_groups(folder: Path, mode: str, skip_flags: tuple[str, ...]) -> tuple[list[Group], list[Reject]]:
+    """Pairs from a `cai revise` folder: initial vs final revision, or each round vs the next."""
+    path = Path(folder) / "records.jsonl"
+    groups, rejects = [], []
+    for line, rec in enumerate(read_jsonl(path), 1):
+        source = f"{path}:{line}"
+        try:
+            rid, conv, rounds = str(rec["id"]), rec["input"], rec["rounds"]
+            chain = [("initial", rec["initial"])] + [(f"round{r['round']}", r["revision"]) for r in rounds]
+            texts = [(name, step["text"], step.get("flags", [])) for name, step in chain]
+        except (KeyError, TypeError) as e:
+            raise InputError(f"not a `cai revise` record (missing {e})", Location(str(path), line),
+                             fix="pass the output folder of `cai revise`, or --input-kind responses") from e
+        if not rounds:
+            rejects.append(Reject(rid, source, "record has no revision rounds", "revise it with --rounds >= 1"))
+            continue
+        if mode == "final":
+            texts = [texts[0], texts[-1]]
+        flagged = [f"{name} is flagged {f}" for name, _, flags in texts for f in flags if f in skip_flags]
+        cands = tuple(Candidate(t.strip(), f"{rid}#{name}") for name, t, _ in texts)
+        if flagged and mode == "final":
+            rejects.append(Reject(rid, source, "; ".join(flagged), "judge flagged texts with --skip-flags ''"))
+            continue
+        pairs = pair_indices(len(cands), "adjacent")
+        if flagged:  # rounds: drop only the pairs that touch a flagged step
+            bad = {i for i, (_, _, flags) in enumerate(texts) if any(f in skip_flags for f in flags)}
+            for i, j in pairs:
+                if i in bad or j in bad:
+                    rejects.append(Reject(f"{rid}/{i}-{j}", source, "; ".join(flagged),
+                                          "judge flagged texts with --skip-flags ''"))
+            pairs = tuple((i, j) for i, j in pairs if i not in bad and j not in bad)
+        groups.append(Group(rid, list(conv), cands, pairs, source))
+    return groups, rejects
+
+
+def sample_prompt_groups(cfg: LabelConfig, store: JsonlStore, records: list, engine: Engine) -> int:
+    """Sample `samples_per_prompt` responses for every prompt not yet in the responses store, in
+    chunks (one engine call each). Returns the completion tokens generated."""
+    sampling = Sampling(max_tokens=cfg.policy_max_tokens, temperature=cfg.policy_temperature,
+                        top_p=cfg.policy_top_p, seed=cfg.seed, n=cfg.samples_per_prompt)
+    pending = [r for r in records if r.id not in store]
+    tokens = 0
+    if not pending:
+        return 0
+    with make_progress("prompts") as progress:
+        task = progress.add_task("sample", total=len(pending), tokens=0)
+        for start in range(0, len(pending), cfg.chunk_size):
+            chunk = pending[start:start + cfg.chunk_size]
+            # The seed comes from the prompt id: a resumed job samples exactly what an
+            # uninterrupted one would have.
+            seeds = [provenance.derive_seed(cfg.seed, r.id, "policy") for r in chunk]
+            outs = engine.generate([r.conversation for r in chunk], sampling, seeds=seeds)
+            k = cfg.samples_per_prompt
+            for i, (r, seed) in enumerate(zip(chunk, seeds, strict=True)):
+                comps = outs[i * k:(i + 1) * k]
+                store.append({
+                    "id": r.id, "status": "sampled", "prompt": r.conversation, "responses": [c.text for c in comps],
+                    "finish_reasons": [c.finish_reason for c in comps],
+                    "completion_tokens": [c.completion_tokens for c in comps], "source": r.source,
+                    **provenance.stamp(engine.model_name, sampling.to_dict(), seed),
+                    "key": provenance.key(r.messages, engine.model_name, sampling.to_dict(), seed),
+                })
+                tokens += sum(c.completion_tokens for c in comps)
+            store.flush()
+            progress.update(task, advance=len(chunk), tokens=tokens)
+    return tokens
+
+
+def form_pairs(groups: list[Group]) -> tuple[list[tuple[Pair, Group, int, int]], list[Reject], int]:
+    """The pairs to judge, in input order. Identical responses (after trimming) are skipped and
+    counted, so chosen and rejected can never be the same text; empty ones are rejects."""
+    pairs, rejects, identical = [], [], 0
+    for g in groups:
+        for i, j in g.pairs:
+            a, b = g.candidates[i], g.candidates[j]
+            pid = f"{g.id}/{i}-{j}"
+            if not a.text.strip() or not b.text.strip():
+                rejects.append(Reject(pid, g.source, "empty response", "empty responses cannot be compared"))
+            elif a.text.strip() == b.text.strip():
+                identical += 1
+            else:
+                pairs.append((Pair(pid, g.conversation, a.text, b.text), g, i, j))
+    return pairs, rejects, identical
+
+
+# --- The job -------------------------------------------------------------------------------------
+
+
+def run_label(cfg: LabelConfig, judge_engine: Engine | None = None, policy_engine: Engine | None = None,
+              force: bool = False) -> LabelSummary:
+    """Run (or resume) a label job. Engines are made from the config unless given; engines made
+    here are closed here."""
+    constitution = load_constitution(cfg.constitution)
+    check_options(constitution, cfg.judging)
+    out = open_run_dir(cfg.out, cfg, force)
+    kind = cfg.input_kind if cfg.input_kind != "auto" else detect_kind(cfg.input, cfg.prompt_column)
+    t0 = time.perf_counter()
+    owned: list[Engine] = []
+    try:
+        if kind == "prompts":
+            groups, rejects = _prompt_groups(cfg, out, judge_engine, policy_engine, owned)
+            if policy_engine is None and cfg.policy is not None and cfg.policy != cfg.judge:
+                # Free the policy model before the judge loads (both may not fit at once).
+                for e in owned:
+                    e.close()
+                owned.clear()
+        elif kind == "revise":
+            groups, rejects = read_revise_groups(cfg.input, cfg.revise_pairs, cfg.skip_flags)
+        else:
+            groups, rejects = read_response_groups(cfg.input, cfg.prompt_column, cfg.id_column, cfg.pairing)
+        pairs, pair_rejects, identical = form_pairs(groups)
+        rejects += pair_rejects
+
+        store = JsonlStore(out / JUDGMENTS_FILE)
+        pending = [item for item in pairs if item[0].id not in store]
+        judged_now = n_tokens = 0
+        with store:
+            if pending:
+                engine = judge_engine or (owned[0] if owned else _make(resolve_judge_engine(cfg.judge), owned))
+                judged_now, n_tokens = _judge_all(cfg, constitution, engine, pending, store)
+    finally:
+        for e in owned:
+            e.close()
+    return _finish(cfg, constitution, out, groups, pairs, rejects, identical, judged_now, n_tokens,
+                   time.perf_counter() - t0)
+
+
+def _make(engine_cfg: EngineConfig, owned: list[Engine]) -> Engine:
+    engine = make_engine(engine_cfg)
+    owned.append(engine)
+    return engine
+
+
+def _prompt_groups(cfg: LabelConfig, out: Path, judge_engine: Engine | None, policy_engine: Engine | None,
+                   owned: list[Engine]) -> tuple[list[Group], list[Reject]]:
+    """prompts input: sample the responses (stored first, so a resume reuses them), then group."""
+    records, rejects = read_prompts(cfg.input, cfg.prompt_column, cfg.id_column)
+    with JsonlStore(out / RESPONSES_FILE) as store:
+        if any(r.id not in store for r in records):
+            same = cfg.policy is None or cfg.policy == cfg.judge
+            engine = policy_engine or (judge_engine if same else None) or _make(
+                cfg.policy or resolve_judge_engine(cfg.judge), owned)
+            fits, too_long = reject_too_long([r for r in records if r.id not in store], engine,
+                                             cfg.policy_max_tokens)
+            # Stored too, so that a resumed job reports the same rejects without a model.
+            store.extend({"id": r.id, "status": "rejected", **r.to_dict()} for r in too_long)
+            sample_prompt_groups(cfg, store, fits, engine)
+    stored = {rec["id"]: rec for rec in read_jsonl(out / RESPONSES_FILE)}
+    pairs = pair_indices(cfg.samples_per_prompt, cfg.pairing)
+    groups = []
+    for r in records:
+        rec = stored[r.id]
+        if rec.get("status") == "rejected":
+            rejects.append(Reject(r.id, r.source, rec["reason"], rec["fix"]))
+            continue
+        cands = tuple(Candidate(t.strip(), f"{r.id}#{i}") for i, t in enumerate(rec["responses"]))
+        groups.append(Group(r.id, r.conversation, cands, pairs, r.source))
+    return groups, rejects
+
+
+def _judge_all(cfg: LabelConfig, c: Constitution, engine: Engine, pending: list, store: JsonlStore) -> tuple[int, int]:
+    n_tokens = 0
+    with make_progress("pairs") as progress:
+        task = progress.add_task("judge", total=len(pending), tokens=0)
+        for start in range(0, len(pending), cfg.chunk_size):
+            chunk = pending[start:start + cfg.chunk_size]
+            judgments = judge_pairs(engine, c, [p for p, _, _, _ in chunk], cfg.judging, cfg.seed)
+            for (pair, group, i, j), jd in zip(chunk, judgments, strict=True):
+                store.append(_judgment_record(cfg, c, engine, pair, group, i, j, jd))
+                n_tokens += jd.prompt_tokens
+            store.flush()
+            progress.update(task, advance=len(chunk), tokens=n_tokens)
+    return len(pending), n_tokens
+
+
+def _judgment_record(cfg: LabelConfig, c: Constitution, engine: Engine, pair: Pair, group: Group, i: int, j: int,
+                     jd: Judgment) -> dict[str, Any]:
+    """The raw judgment, with everything needed to rebuild its preference row and its provenance."""
+    judge_spec = to_jsonable(cfg.judging)
+    return {
+        "id": pair.id,
+        "group_id": group.id,
+        "conversation": pair.conversation,
+        "x": pair.x,
+        "y": pair.y,
+        "x_ref": group.candidates[i].ref,
+        "y_ref": group.candidates[j].ref,
+        **jd.to_dict(),
+        "judge_model": engine.model_name,
+        "constitution": {"name": c.name, "version": c.version, "hash": c.hash},
+        "judging": judge_spec,
+        "seed": cfg.seed,
+        "cai_version": cai.__version__,
+        # Everything that decides the verdict: a later pipeline re-judges a pair exactly when
+        # this changes (the texts, the judge, the principles drawn, the judge template and
+        # few-shot examples, the options).
+        "key": provenance.key(pair.conversation, pair.x, pair.y, engine.model_name,
+                              [p.hash for p in jd.principles], c.templates.judge, c.templates.judge_answer,
+                              to_jsonable(c.comparison_examples), judge_spec),
+    }
+
+
+# --- Outputs -------------------------------------------------------------------------------------
+
+
+def preference_row(j: dict[str, Any], tie_threshold: float) -> dict[str, Any]:
+    """A stored judgment as a TRL conversational preference row: the side with p >= 0.5 is
+    chosen. `id` is the source prompt/record id (so all pairs of a prompt share a split),
+    `pair_id` the pair's own id."""
+    x_wins = j["p"] >= 0.5
+    chosen, rejected = (j["x"], j["y"]) if x_wins else (j["y"], j["x"])
+    p_chosen = j["p"] if x_wins else 1.0 - j["p"]
+    return pref_row(
+        j["group_id"], j["conversation"], chosen, rejected,
+        pair_id=j["id"],
+        p_chosen=p_chosen,
+        # Per principle: P(A) when the chosen response was shown as (A), and when the rejected was.
+        p_chosen_first=j["p_xy"] if x_wins else j["p_yx"],
+        p_rejected_first=j["p_yx"] if x_wins else j["p_xy"],
+        position_agree=j["agree"],
+        tie=j["p"] == 0.5 or is_tie(j["p"], tie_threshold),
+        principles=j["principles"],
+        principle_hashes=j["principle_hashes"],
+        judge_model=j["judge_model"],
+        constitution_hash=j["constitution"]["hash"],
+        source_ids=[j["x_ref"], j["y_ref"]] if x_wins else [j["y_ref"], j["x_ref"]],
+        key=j["key"],
+    )
+
+
+def preference_features():
+    """The column types of the preference rows (fixed, so an empty split, or a job whose pairs are
+    all ties, still writes a loadable dataset)."""
+    from datasets import Features, List, Value
+
+    turn = {"role": Value("string"), "content": Value("string")}
+    text, texts, probs = Value("string"), List(Value("string")), List(Value("float64"))
+    return Features({
+        "id": text, "prompt": List(turn), "chosen": List(turn), "rejected": List(turn), "pair_id": text,
+        "p_chosen": Value("float64"), "p_chosen_first": probs, "p_rejected_first": probs,
+        "position_agree": Value("bool"), "tie": Value("bool"), "principles": texts, "principle_hashes": texts,
+        "judge_model": text, "constitution_hash": text, "source_ids": texts, "key": text,
+    })
+
+
+def _finish(cfg: LabelConfig, c: Constitution, out: Path, groups: list[Group], pairs: list, rejects: list[Reject],
+            identical: int, judged_now: int, n_tokens: int, seconds: float) -> LabelSummary:
+    wanted = {p.id for p, _, _, _ in pairs}
+    by_id = {j["id"]: j for j in read_jsonl(out / JUDGMENTS_FILE) if j["id"] in wanted}
+    judged = [by_id[p.id] for p, _, _, _ in pairs if by_id[p.id]["status"] == "judged"]
+    for p, g, _, _ in pairs:
+        j = by_id[p.id]
+        if j["status"] != "judged":
+            rejects.append(Reject(p.id, g.source, j["detail"] or j["status"],
+                                  "shorten the conversation or responses, or raise the judge's --max-model-len"))
+    rows = [preference_row(j, cfg.tie_threshold) for j in judged]
+    ties = [r for r in rows if r["tie"]]
+    prefs = rows if cfg.keep_ties else [r for r in rows if not r["tie"]]
+    write_jsonl_atomic(out / PREFS_FILE, prefs)
+    write_jsonl_atomic(out / TIES_FILE, ties)
+    write_jsonl_atomic(out / REJECTS_FILE, [r.to_dict() for r in rejects])
+    write_dataset(out / DATASET_DIR, split_rows(prefs, "prefs", cfg.split_seed, cfg.test_fraction),
+                  {"prefs": preference_features()})
+
+    orders = [p for j in judged for p in j["p_xy"] + j["p_yx"]]
+    masses = [math.exp(lps[k]) + math.exp(lps[k + 1]) for j in judged for lps in j["logprobs"] for k in (0, 2)]
+    summary = LabelSummary(
+        groups=len(groups), judged=len(judged), pairs=len(prefs), ties=len(ties), identical=identical,
+        rejected=len(rejects),
+        position_agreement=_mean(j["agree"] for j in judged),
+        mean_margin=_mean(abs(j["p"] - 0.5) for j in judged),
+        first_position_rate=_mean(p > 0.5 for p in orders),
+        option_mass=_mean(masses),
+        principles=dict(Counter(pid for j in judged for pid in j["principles"]).most_common()),
+        judged_now=judged_now, prompt_tokens=n_tokens, seconds=seconds, out=out,
+    )
+    tmp = out / (SUMMARY_FILE + ".tmp")
+    tmp.write_text(json.dumps(summary.to_dict(), indent=2) + "\n")
+    tmp.replace(out / SUMMARY_FILE)
+    return summary
+
+
+def _mean(values: Iterator | list) -> float | None:
+    values = [float(v) for v in values]
+    return sum(values) / len(values) if values else None

@@ -1,0 +1,273 @@
+"""Rollouts for PPO: sampling responses through a cai engine, laying them out as padded tensors,
+and the trainer-side forward passes (log-probs at the sampling temperature, per-token values).
+
+Layout of a rollout batch (Q = widest prompt, R = longest response in the batch):
+
+    input_ids  [B, Q + R]   pad .. pad  prompt tokens | response tokens  pad .. pad
+                            `-- left padding --'        `-- right padding --'
+    response_mask [B, R]    1 on response tokens, 0 on the right padding
+
+Every prompt ends at column Q - 1, so the logits at columns Q - 1 .. Q + R - 2 predict the R
+response tokens for every row at once. Position ids come from the attention mask
+(cumsum - 1), exactly as transformers' `generate` builds them under left padding, so the
+trainer scores the tokens in the same positions they were sampled in.
+
+Waits on an engine go through `call_with_timeout`: a stuck engine becomes an EngineError that
+says what was waited on and for how long, never a silent hang.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import torch
+
+from cai.engine import tokens
+from cai.engine.base import Completion, Conversation, Engine, Sampling
+from cai.errors import EngineError
+from cai.ppo_math import entropy_from_logits, logprobs_from_logits, masked_mean
+
+T = TypeVar("T")
+
+
+# ---------------------------------------------------------------------------------------------
+# Waiting on an engine, with a deadline
+# ---------------------------------------------------------------------------------------------
+
+
+class _Deadline(BaseException):
+    """Raised by the alarm handler. A BaseException, so that no `except Exception` inside an
+    engine can swallow it."""
+
+
+def call_with_timeout(fn: Callable[[], T], timeout_s: float, what: str) -> T:
+    """Run fn() and wait at most timeout_s for it; a timeout raises an EngineError naming `what`.
+
+    In the main thread the call runs right there, under a SIGALRM deadline: vLLM's CPU backend
+    must be called from the thread that started it (its attention kernels check the OpenMP
+    thread count, which differs in a new thread). Elsewhere fn runs in a daemon thread that is
+    abandoned on timeout (a daemon cannot keep the process alive at exit either)."""
+    if threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer"):
+        return _call_with_alarm(fn, timeout_s, what)
+    return _call_in_thread(fn, timeout_s, what)
+
+
+def _timeout_error(timeout_s: float, what: str) -> EngineError:
+    return EngineError(
+        f"the engine did not finish {what} within {timeout_s:g} s",
+        fix="check that the engine is alive (memory, a crashed worker in the log above); "
+            "raise engine_timeout_s if this much work is expected to take longer",
+    )
+
+
+def _call_with_alarm(fn: Callable[[], T], timeout_s: float, what: str) -> T:
+    def on_alarm(signum, frame):
+        raise _Deadline
+
+    previous_handler = signal.signal(signal.SIGALRM, on_alarm)
+    outer_delay, _ = signal.setitimer(signal.ITIMER_REAL, timeout_s)
+    t0 = time.monotonic()
+    try:
+        try:
+            return fn()
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+    except _Deadline:  # also when the alarm fires in the instant between the return and the disarm
+        raise _timeout_error(timeout_s, what) from None
+    finally:
+        signal.signal(signal.SIGALRM, previous_handler)
+        if outer_delay:  # an enclosing deadline keeps running
+            signal.setitimer(signal.ITIMER_REAL, max(outer_delay - (time.monotonic() - t0), 1e-3))
+
+
+def _call_in_thread(fn: Callable[[], T], timeout_s: float, what: str) -> T:
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as e:  # re-raised in the caller's thread
+            box["error"] = e
+
+    thread = threading.Thread(target=target, name=f"cai-engine: {what}", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if thread.is_alive():
+        raise _timeout_error(timeout_s, what)
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampling and layout
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RolloutBatch:
+    """Sampled responses laid out for the trainer (see the module docstring)."""
+
+    input_ids: torch.Tensor
+    """[B, Q + R] left-padded prompts followed by right-padded responses."""
+    attention_mask: torch.Tensor
+    """[B, Q + R] 1 on prompt and response tokens."""
+    response_mask: torch.Tensor
+    """[B, R] 1 on response tokens."""
+    query_width: int
+    """Q: every prompt ends at column Q - 1."""
+    completions: tuple[Completion, ...]
+    """What the engine returned, in prompt order (text, finish reason, engine log-probs)."""
+
+    @property
+    def responses(self) -> torch.Tensor:
+        """[B, R] the response token ids (padding where the mask is 0)."""
+        return self.input_ids[:, self.query_width:]
+
+    @property
+    def ended_with_eos(self) -> torch.Tensor:
+        """[B] bool: the response ended on its own (EOS), not at the token budget."""
+        return torch.tensor([c.finish_reason == "stop" for c in self.completions])
+
+    def select(self, rows: torch.Tensor | Sequence[int]) -> RolloutBatch:
+        rows = torch.as_tensor(rows, dtype=torch.long)
+        return RolloutBatch(self.input_ids[rows], self.attention_mask[rows], self.response_mask[rows],
+                            self.query_width, tuple(self.completions[i] for i in rows.tolist()))
+
+    def to(self, device: torch.device) -> RolloutBatch:
+        return RolloutBatch(self.input_ids.to(device), self.attention_mask.to(device),
+                            self.response_mask.to(device), self.query_width, self.completions)
+
+
+def prompt_ids(tokenizer, conversation: Conversation) -> list[int]:
+    """The prompt's token ids exactly as every cai engine builds them (chat template, then
+    the tokenizer without extra special tokens)."""
+    return tokens.encode(tokenizer, tokens.prompt_text(tokenizer, conversation))
+
+
+def layout(queries: Sequence[Sequence[int]], completions: Sequence[Completion], pad_id: int) -> RolloutBatch:
+    """Left-pad the prompts and right-pad the responses into one [B, Q + R] tensor."""
+    if len(queries) != len(completions):
+        raise ValueError(f"{len(queries)} prompts but {len(completions)} completions")
+    for i, c in enumerate(completions):
+        if not c.token_ids:
+            raise EngineError(f"completion {i} came back without token ids",
+                              fix="PPO needs an engine that returns token ids (vllm or hf backend)")
+    q_width = max(len(q) for q in queries)
+    r_width = max(len(c.token_ids) for c in completions)
+    batch = len(queries)
+    input_ids = torch.full((batch, q_width + r_width), pad_id, dtype=torch.long)
+    attention = torch.zeros((batch, q_width + r_width), dtype=torch.long)
+    for i, (q, c) in enumerate(zip(queries, completions, strict=True)):
+        input_ids[i, q_width - len(q):q_width] = torch.tensor(q, dtype=torch.long)
+        input_ids[i, q_width:q_width + len(c.token_ids)] = torch.tensor(c.token_ids, dtype=torch.long)
+        attention[i, q_width - len(q):q_width + len(c.token_ids)] = 1
+    return RolloutBatch(input_ids, attention, attention[:, q_width:].clone(), q_width, tuple(completions))
+
+
+def sample(engine: Engine, tokenizer, conversations: Sequence[Conversation], sampling: Sampling,
+           seeds: Sequence[int], timeout_s: float) -> RolloutBatch:
+    """One batched engine call for all prompts (per-prompt seeds), laid out as a RolloutBatch."""
+    completions = call_with_timeout(lambda: engine.generate(list(conversations), sampling, seeds=list(seeds)),
+                                    timeout_s, f"generating {len(conversations)} rollouts")
+    queries = [prompt_ids(tokenizer, c) for c in conversations]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return layout(queries, completions, pad)
+
+
+# ---------------------------------------------------------------------------------------------
+# Trainer-side forward passes
+# ---------------------------------------------------------------------------------------------
+
+
+def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions counted from each row's first real token (transformers' `generate` does the
+    same under left padding; padded columns get 0 and are masked anyway)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def response_logits(model, batch: RolloutBatch) -> torch.Tensor:
+    """[B, R, V] logits predicting each response token. Only the last R + 1 columns go through
+    the LM head (`logits_to_keep`): the vocabulary projection of prompt tokens is never needed."""
+    r_width = batch.response_mask.shape[1]
+    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                position_ids=position_ids(batch.attention_mask), logits_to_keep=r_width + 1, use_cache=False)
+    return out.logits[:, :-1]
+
+
+def response_logprobs(model, batch: RolloutBatch, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log-probs [B, R] of the response tokens at the sampling temperature, the logits [B, R, V]).
+    Padding positions hold 0."""
+    logits = response_logits(model, batch)
+    logprobs = logprobs_from_logits(logits, batch.responses, temperature)
+    return logprobs * batch.response_mask, logits
+
+
+def response_values(value_model, batch: RolloutBatch) -> torch.Tensor:
+    """[B, R] per-token values from a sequence-classification model (the reward model's
+    architecture): its score head applied at every position, not only the last. V_t, the value
+    of the state *before* response token t, is read at column Q - 1 + t."""
+    backbone = getattr(value_model, value_model.base_model_prefix)
+    hidden = backbone(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                      position_ids=position_ids(batch.attention_mask), use_cache=False).last_hidden_state
+    q = batch.query_width
+    values = value_model.score(hidden[:, q - 1:-1]).squeeze(-1).float()
+    return values * batch.response_mask
+
+
+def mean_entropy(logits: torch.Tensor, mask: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Mean per-token entropy (nats) of the distribution the responses were sampled from."""
+    return masked_mean(entropy_from_logits(logits, temperature), mask)
+
+
+# ---------------------------------------------------------------------------------------------
+# Engine against trainer: do they run the same weights?
+# ---------------------------------------------------------------------------------------------
+
+
+def engine_logprob_temperature(engine: Engine, sampling_temperature: float) -> float:
+    """The temperature at which an engine reports `Completion.logprobs`. vLLM reports the raw
+    model distribution (its default logprobs_mode, "raw_logprobs"; measured: it matches the
+    trainer at T = 1 to 1e-5 in fp32); transformers reports the processed scores it sampled
+    from, i.e. after dividing by the sampling temperature."""
+    from cai.engine.hf import HFEngine
+
+    return sampling_temperature if isinstance(engine, HFEngine) else 1.0
+
+
+@dataclass(frozen=True)
+class LogprobCheck:
+    mean_abs_diff: float
+    max_abs_diff: float
+    tokens: int
+
+
+def compare_logprobs(batch: RolloutBatch, trainer_logprobs: torch.Tensor, tolerance: float) -> LogprobCheck:
+    """Compare the engine's log-probs of the sampled tokens with the trainer's on the same
+    tokens. A mean absolute difference over `tolerance` means the engine is not running the
+    trainer's weights (a weight reload that did not take, a dtype or template mismatch): raise."""
+    engine_lp = torch.zeros_like(trainer_logprobs, dtype=torch.float32, device="cpu")
+    for i, c in enumerate(batch.completions):
+        if c.logprobs is None or len(c.logprobs) != len(c.token_ids):
+            raise EngineError(f"the engine returned no log-probs for rollout {i}",
+                              fix="the engine must support Sampling(logprobs=True)")
+        engine_lp[i, :len(c.logprobs)] = torch.tensor(c.logprobs, dtype=torch.float32)
+    mask = batch.response_mask.cpu().bool()
+    diff = (engine_lp - trainer_logprobs.detach().float().cpu()).abs()[mask]
+    check = LogprobCheck(float(diff.mean()), float(diff.max()), int(mask.sum()))
+    if not check.mean_abs_diff <= tolerance:  # also catches NaN
+        raise EngineError(
+            f"the rollout engine's token log-probs differ from the trainer's on the same tokens: "
+            f"mean |difference| {check.mean_abs_diff:.4g} nats (max {check.max_abs_diff:.4g}) over "
+            f"{check.tokens} tokens, above the tolerance {tolerance:g}. The engine is not sampling "
+            "from the policy being trained",
+            fix="if the last weight reload failed, restart the run (it resumes from the last "
+                "checkpoint); a bf16 engine against an fp32 trainer needs a looser "
+                "engine_logprob_tolerance, or set rollout_engine.dtype: float32",
+        )
+    return check

@@ -1,0 +1,501 @@
+"""`cai ppo`: rollout layout and forward passes under padding, the engine/trainer log-prob check,
+timeouts, config and CLI, the loop's guard rails and exact resume (on a tiny random model), and
+on the default model: a full PPO run that raises the held-out reward of a reward model trained
+with `cai rm` on a synthetic preference, and the vLLM weight-reload path."""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from cai.cli import app
+from cai.engine.base import Completion, Engine, Sampling
+from cai.engine.fake import FakeEngine
+from cai.errors import ConfigError, EngineError
+from cai.ppo import LengthDriftWarning, PPOConfig, TrainingStopped, train_ppo
+from cai.rollout import (
+    call_with_timeout,
+    compare_logprobs,
+    layout,
+    prompt_ids,
+    response_logprobs,
+    response_values,
+)
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_train_common import make_tiny_model  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: on a shared 2-core box, 2 OpenMP threads stall each other."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+# --- a tiny random policy and reward model with the default model's tokenizer -----------------
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, default_model_path) -> dict[str, str]:
+    """{"policy": folder, "rm": folder}: 2-layer random Llamas, fast enough to run the whole
+    loop in seconds. The reward model is saved through cai's RewardModel (gain 1, bias 0)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from cai.reward import RewardModel
+
+    root = tmp_path_factory.mktemp("tiny-ppo")
+    policy = make_tiny_model(root / "policy", default_model_path)
+    torch.manual_seed(1)
+    rm = AutoModelForSequenceClassification.from_pretrained(policy, num_labels=1)
+    RewardModel(rm, AutoTokenizer.from_pretrained(policy), max_length=256).save(root / "rm")
+    return {"policy": policy, "rm": str(root / "rm")}
+
+
+def tiny_prompts(tmp_path: Path, n: int = 4, name: str = "prompts.jsonl") -> str:
+    return str(write_jsonl(tmp_path / name, [{"id": f"q{i}", "prompt": f"Question {i}: name a colour."}
+                                             for i in range(n)]))
+
+
+def tiny_config(tiny: dict[str, str], tmp_path: Path, **kw) -> PPOConfig:
+    base = dict(policy=tiny["policy"], reward_model=tiny["rm"], prompts=tiny_prompts(tmp_path),
+                out=str(tmp_path / "out"), max_new_tokens=6, steps=2, batch_size=4, num_minibatches=2,
+                ppo_epochs=2, learning_rate=1e-3, sample_every=1, num_samples=2, checkpoint_every=1)
+    return PPOConfig(**{**base, **kw})
+
+
+# --- layout and trainer-side forward passes ----------------------------------------------------
+
+
+def completion(ids: list[int], finish: str = "stop", lps: list[float] | None = None) -> Completion:
+    return Completion(text="x", prompt_tokens=0, completion_tokens=len(ids), finish_reason=finish,
+                      token_ids=tuple(ids), logprobs=None if lps is None else tuple(lps))
+
+
+def test_layout_left_pads_prompts_and_right_pads_responses():
+    b = layout([[5, 6, 7], [8]], [completion([1, 2]), completion([3, 4, 9], "length")], pad_id=0)
+    assert b.query_width == 3
+    assert b.input_ids.tolist() == [[5, 6, 7, 1, 2, 0], [0, 0, 8, 3, 4, 9]]
+    assert b.attention_mask.tolist() == [[1, 1, 1, 1, 1, 0], [0, 0, 1, 1, 1, 1]]
+    assert b.response_mask.tolist() == [[1, 1, 0], [1, 1, 1]]
+    assert b.ended_with_eos.tolist() == [True, False]
+    assert b.select([1]).input_ids.tolist() == [[0, 0, 8, 3, 4, 9]]
+
+
+def test_logprobs_and_values_under_padding_equal_unpadded_rows(tiny):
+    """Left padding, position ids and masks: each row of a padded batch scores exactly as the
+    same row alone without any padding."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny["policy"])
+    policy = AutoModelForCausalLM.from_pretrained(tiny["policy"]).eval()
+    value = AutoModelForSequenceClassification.from_pretrained(tiny["rm"]).eval()
+    convs = [[{"role": "user", "content": "Hi"}], [{"role": "user", "content": "A much longer question, "
+                                                                               "with many more tokens in it?"}]]
+    queries = [prompt_ids(tok, c) for c in convs]
+    responses = [[100, 200, 300, 2], [400, 500]]
+    batch = layout(queries, [completion(r) for r in responses], tok.pad_token_id)
+    with torch.no_grad():
+        lp, _ = response_logprobs(policy, batch, temperature=0.7)
+        values = response_values(value, batch)
+        for i, (q, r) in enumerate(zip(queries, responses, strict=True)):
+            ids = torch.tensor([q + r])
+            logits = policy(input_ids=ids).logits[0, len(q) - 1:-1].float()
+            want = torch.log_softmax(logits / 0.7, -1).gather(-1, torch.tensor(r)[:, None]).squeeze(-1)
+            torch.testing.assert_close(lp[i, :len(r)], want, atol=1e-5, rtol=1e-5)
+            assert lp[i, len(r):].abs().sum() == 0
+            hidden = value.model(input_ids=ids).last_hidden_state
+            want_v = value.score(hidden[0, len(q) - 1:-1]).squeeze(-1)
+            torch.testing.assert_close(values[i, :len(r)], want_v, atol=1e-5, rtol=1e-5)
+
+
+def test_compare_logprobs_accepts_agreement_and_fails_loudly_beyond_tolerance():
+    b = layout([[5], [6]], [completion([1, 2], lps=[-1.0, -2.0]), completion([3], lps=[-0.5])], pad_id=0)
+    close = torch.tensor([[-1.0005, -2.0], [-0.5, 0.0]])
+    check = compare_logprobs(b, close, tolerance=1e-3)
+    assert check.tokens == 3 and check.max_abs_diff == pytest.approx(5e-4, abs=1e-6)
+    far = torch.tensor([[-1.3, -2.0], [-0.5, 99.0]])  # padding (99) never counts
+    with pytest.raises(EngineError, match=r"mean \|difference\| 0\.1 nats .* above the tolerance 0\.001"):
+        compare_logprobs(b, far, tolerance=1e-3)
+    missing = layout([[5]], [completion([1])], pad_id=0)
+    with pytest.raises(EngineError, match="no log-probs"):
+        compare_logprobs(missing, torch.zeros(1, 1), 1.0)
+
+
+def test_call_with_timeout_returns_reraises_and_never_hangs():
+    assert call_with_timeout(lambda: 42, 5, "nothing") == 42
+    with pytest.raises(KeyError):
+        call_with_timeout(lambda: {}["x"], 5, "a lookup")
+    t0 = time.perf_counter()
+    with pytest.raises(EngineError, match=r"did not finish generating 3 rollouts within 0\.2 s"):
+        call_with_timeout(lambda: time.sleep(30), 0.2, "generating 3 rollouts")
+    assert time.perf_counter() - t0 < 5
+    # A deadline that catches `except Exception` inside the engine is still a deadline.
+    def swallowing():
+        for _ in range(300):
+            try:
+                time.sleep(0.1)
+            except Exception:
+                pass
+
+    with pytest.raises(EngineError, match="within 0.2 s"):
+        call_with_timeout(swallowing, 0.2, "a stubborn call")
+    assert time.perf_counter() - t0 < 10
+
+
+def test_call_with_timeout_off_the_main_thread_uses_a_watchdog_thread():
+    import threading
+
+    box = {}
+
+    def worker():
+        try:
+            call_with_timeout(lambda: time.sleep(30), 0.2, "loading weights")
+        except EngineError as e:
+            box["error"] = str(e)
+        box["ok"] = call_with_timeout(lambda: "fine", 5, "nothing")
+
+    t = threading.Thread(target=worker)
+    t.start()
+    t.join(10)
+    assert "did not finish loading weights within 0.2 s" in box["error"] and box["ok"] == "fine"
+
+
+# --- config and CLI -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kw,match", [
+    ({"reward_model": None}, "reward: rm needs a reward model"),
+    ({"reward": "judge"}, "reward: judge uses no reward model"),
+    ({"batch_size": 6, "num_minibatches": 4}, "batch_size 6 / num_minibatches: 6 is not divisible by 4"),
+    ({"gradient_accumulation_steps": 3}, "minibatch_size 2 / gradient_accumulation_steps"),
+    ({"temperature": 0.0}, "temperature must be > 0"),
+    ({"cliprange": 1.5}, "cliprange must be in"),
+    ({"steps": 0}, "steps must be >= 1"),
+])
+def test_config_rejects_bad_values(kw, match):
+    base = dict(prompts="p.jsonl", out="o", reward_model="rm", batch_size=4, num_minibatches=2)
+    with pytest.raises(ConfigError, match=match):
+        PPOConfig(**{**base, **kw})
+
+
+def test_config_rejects_a_rollout_engine_for_another_model():
+    from cai.config import EngineConfig
+
+    with pytest.raises(ConfigError, match="rollouts always come from the policy"):
+        PPOConfig(prompts="p", out="o", reward_model="rm", rollout_engine=EngineConfig(backend="vllm", model="x"))
+
+
+def test_yaml_below_flags_and_partial_engine_sections_keep_ppo_defaults(tmp_path):
+    from cai.cli.ppo import resolve_config
+
+    f = tmp_path / "ppo.yaml"
+    f.write_text(yaml.safe_dump({"prompts": "p.jsonl", "out": "o", "reward_model": "rm", "kl_coef": 0.1,
+                                 "steps": 7, "rollout_engine": {"dtype": "float32"}}))
+    cfg = resolve_config(f, {"kl_coef": 0.2, "learning_rate": None, "rollout_max_model_len": 1024})
+    assert (cfg.kl_coef, cfg.steps, cfg.learning_rate) == (0.2, 7, 3e-6)  # flag > YAML > default
+    # A partial section fills in from PPOConfig's default (hf rollouts), not EngineConfig's (vllm).
+    assert (cfg.rollout_engine.backend, cfg.rollout_engine.dtype, cfg.rollout_engine.max_model_len) == \
+        ("hf", "float32", 1024)
+    cfg = resolve_config(None, {"prompts": "p", "out": "o", "reward_model": "rm", "rollout_backend": "vllm"})
+    assert cfg.rollout_engine.backend == "vllm" and cfg.rollout_engine.dtype == "auto"
+
+
+def test_cli_help_lists_the_config_fields():
+    r = CliRunner().invoke(app, ["ppo", "--help"], env={"COLUMNS": "250"})
+    assert r.exit_code == 0
+    for flag in ("--policy", "--reward-model", "--prompts", "--out", "--config", "--kl-control", "--max-kl",
+                 "--rollout-backend", "--reward", "--missing-eos-penalty", "--length-drift-warn"):
+        assert flag in r.output
+
+
+def test_docs_describe_every_config_field():
+    import dataclasses
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "ppo.md").read_text()
+    missing = [f.name for f in dataclasses.fields(PPOConfig) if f"`{f.name}`" not in text]
+    assert not missing, f"docs/ppo.md does not mention: {missing}"
+
+
+def test_cli_errors_are_typed_and_name_the_fix(tmp_path):
+    r = CliRunner().invoke(app, ["ppo", "--prompts", "p.jsonl", "--out", str(tmp_path / "o")])
+    assert isinstance(r.exception, ConfigError)
+    assert "reward: rm needs a reward model" in str(r.exception) and "--reward-model" in str(r.exception)
+
+
+# --- the loop on a tiny random model -------------------------------------------------------------
+
+
+def metric_rows(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+STABLE_NAMES = ["objective/reward", "objective/kl", "objective/entropy", "losses/policy", "losses/value",
+                "policy/clipfrac", "policy/approx_kl", "response/length", "time/rollout", "time/scoring",
+                "time/training"]
+
+
+def test_cli_run_writes_model_metrics_samples_tensorboard_and_config(tiny, tmp_path):
+    out = tmp_path / "out"
+    f = tmp_path / "ppo.yaml"
+    f.write_text(yaml.safe_dump({"policy": tiny["policy"], "reward_model": tiny["rm"], "steps": 2,
+                                 "batch_size": 4, "num_minibatches": 2, "ppo_epochs": 2, "max_new_tokens": 6,
+                                 "kl_coef": 0.3, "kl_control": "fixed", "sample_every": 1, "num_samples": 2,
+                                 "checkpoint_every": 1, "eval_prompts": tiny_prompts(tmp_path, 2, "eval.jsonl")}))
+    r = CliRunner().invoke(app, ["ppo", "--config", str(f), "--prompts", tiny_prompts(tmp_path), "--out", str(out),
+                                 "--kl-control", "adaptive", "--quiet"])
+    assert r.exit_code == 0, r.output
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["kl_control"] == "adaptive" and saved["kl_coef"] == 0.3  # flag beat YAML; YAML kept
+    rows = metric_rows(out)
+    assert [row["step"] for row in rows] == [0, 1, 2, 2]  # eval before, 2 steps, eval after
+    for name in STABLE_NAMES:
+        assert all(name in row for row in rows[1:3]), name
+    assert rows[1]["objective/kl"] == pytest.approx(0.0, abs=1e-4)  # the first rollout is the reference's
+    assert rows[2]["objective/kl_coef"] != rows[1]["objective/kl_coef"]  # adaptive beta moved
+    assert {"eval/reward", "eval/kl"} <= set(rows[0])
+    samples = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
+    assert [s["id"] for s in samples] == ["step-1-0", "step-1-1", "step-2-0", "step-2-1"]
+    assert list((out / "tb").glob("events.out.tfevents.*"))
+    assert (out / "model.safetensors").exists() and (out / "value" / "model.safetensors").exists()
+    assert not (out / "checkpoints").exists()  # deleted once the policy is saved
+    done = json.loads((out / "train_done.json").read_text())
+    assert done["steps"] == 2 and done["eval_reward_start"] is not None
+    # The policy actually changed, the reference (the input folder) did not.
+    from safetensors.torch import load_file
+
+    before, after = load_file(Path(tiny["policy"]) / "model.safetensors"), load_file(out / "model.safetensors")
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    r = CliRunner().invoke(app, ["ppo", "--config", str(f), "--prompts", tiny_prompts(tmp_path), "--out", str(out),
+                                 "--kl-control", "adaptive", "--quiet"])
+    assert r.exit_code == 0 and "already finished" in r.output
+
+
+def test_resume_after_ctrl_c_equals_an_uninterrupted_run(tiny, tmp_path):
+    from safetensors.torch import load_file
+
+    ref_dir, cut_dir = tmp_path / "a", tmp_path / "b"
+    ref_dir.mkdir()
+    cut_dir.mkdir()
+    kw = dict(steps=3, checkpoint_every=0, lr_scheduler="linear", kl_control="adaptive")
+    train_ppo(tiny_config(tiny, ref_dir, **kw), progress=False)
+
+    def interrupt(step, metrics):
+        if step == 2:
+            raise KeyboardInterrupt
+
+    cfg = tiny_config(tiny, cut_dir, **kw)
+    with pytest.raises(KeyboardInterrupt):
+        train_ppo(cfg, progress=False, on_step=interrupt)
+    assert (cut_dir / "out" / "checkpoints" / "step-00000002" / "state.json").exists()
+    summary = train_ppo(cfg, progress=False)
+    assert summary["resumed_from"] == 2 and summary["steps"] == 3
+
+    a, b = load_file(ref_dir / "out" / "model.safetensors"), load_file(cut_dir / "out" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    va = load_file(ref_dir / "out" / "value" / "model.safetensors")
+    vb = load_file(cut_dir / "out" / "value" / "model.safetensors")
+    assert all(torch.equal(va[k], vb[k]) for k in va)
+
+    def strip(rows):
+        return [{k: v for k, v in row.items() if not k.startswith("time")} for row in rows]
+
+    assert strip(metric_rows(ref_dir / "out")) == strip(metric_rows(cut_dir / "out"))
+
+
+def test_kl_past_the_bound_stops_with_a_checkpoint(tiny, tmp_path):
+    cfg = tiny_config(tiny, tmp_path, steps=4, max_kl=1e-3, learning_rate=3e-2, checkpoint_every=0)
+    with pytest.raises(TrainingStopped, match=r"past max_kl=0\.001: the policy has drifted") as e:
+        train_ppo(cfg, progress=False)
+    assert "kl_coef" in e.value.fix
+    assert list((tmp_path / "out" / "checkpoints").glob("step-*/state.json"))
+
+
+def test_nan_loss_stops_before_the_update_is_applied(tiny, tmp_path):
+    cfg = tiny_config(tiny, tmp_path, steps=2, learning_rate=1e30, max_grad_norm=0.0, max_kl=0.0)
+    with pytest.raises(TrainingStopped, match=r"losses/(policy|value) became nan at step \d, epoch \d, minibatch \d"):
+        train_ppo(cfg, progress=False)
+
+
+class ScriptedEngine(Engine):
+    """Answers with random token ids of a scripted length per call (the first call: lengths[0],
+    ...), ending in EOS: a policy whose response length drifts on cue."""
+
+    model_name = "scripted"
+
+    def __init__(self, tokenizer, lengths: list[int]):
+        self.tokenizer, self.lengths, self.calls = tokenizer, lengths, 0
+
+    def generate(self, prompts, sampling: Sampling, seeds=None):
+        n = self.lengths[min(self.calls, len(self.lengths) - 1)]
+        self.calls += 1
+        out = []
+        for i in range(len(prompts)):
+            rng = random.Random(seeds[i])
+            ids = [rng.randrange(100, 5000) for _ in range(n)] + [self.tokenizer.eos_token_id]
+            out.append(Completion(self.tokenizer.decode(ids[:-1]), 0, len(ids), "stop", tuple(ids)))
+        return out
+
+    def option_logprobs(self, prompts, options):
+        raise NotImplementedError
+
+    def render(self, conversation, add_generation_prompt=True):
+        return self.tokenizer.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+
+    def count_tokens(self, texts):
+        return [len(self.tokenizer(t)["input_ids"]) for t in texts]
+
+    @property
+    def max_model_len(self):
+        return 2048
+
+
+def test_length_drift_warns_once(tiny, tmp_path):
+    from transformers import AutoTokenizer
+
+    engine = ScriptedEngine(AutoTokenizer.from_pretrained(tiny["policy"]), lengths=[4, 4, 9, 9])
+    cfg = tiny_config(tiny, tmp_path, steps=4, length_drift_warn=0.5, max_new_tokens=16, checkpoint_every=0)
+    with pytest.warns(LengthDriftWarning, match=r"step 3: the mean response length is 10\.0 tokens, \+100%") as w:
+        train_ppo(cfg, progress=False, rollout_engine=engine)
+    assert sum(issubclass(x.category, LengthDriftWarning) for x in w) == 1
+    assert [row["response/length"] for row in metric_rows(tmp_path / "out")] == [5.0, 5.0, 10.0, 10.0]
+
+
+def test_judge_reward_is_direct_rlaif(tiny, tmp_path):
+    """--reward judge: the judge's probability-weighted 1-10 score, rescaled to [-1, 1], is the
+    reward; no reward model; the value model starts from the policy with values 0."""
+    # The scripted judge puts all its mass on "7": expected score 7 -> (7 - 1) / 9 * 2 - 1 = 1/3.
+    judge = FakeEngine(score=lambda prompt, option: 0.0 if option == "7" else -30.0)
+    cfg = tiny_config(tiny, tmp_path, reward="judge", reward_model=None, steps=1, missing_eos_penalty=None)
+    train_ppo(cfg, progress=False, judge_engine=judge)
+    row = metric_rows(tmp_path / "out")[0]
+    assert row["objective/score"] == pytest.approx(1 / 3, abs=1e-3)
+    assert row["value/mean"] == 0.0
+    assert any(c[0] == "option_logprobs" for c in judge.calls)
+
+
+# --- the default model ---------------------------------------------------------------------------
+
+# A learnable synthetic preference: brevity. Short-answer questions under a system prompt that
+# asks for few words; the reward model learns that the short answer beats the same answer with
+# rambling after it. The policy (SmolLM2-135M) ends within 16 tokens about half the time at the
+# start, so it can move toward ending early quickly.
+SYSTEM = "Answer in as few words as possible."
+QA = [("What color is the sky?", "Blue"), ("What is 2 + 2?", "Four"), ("Name a fruit.", "An apple"),
+      ("What is the capital of France?", "Paris"), ("Is ice cold?", "Yes"), ("How many legs does a dog have?", "Four"),
+      ("What is the opposite of hot?", "Cold"), ("Say hello.", "Hello"), ("What day comes after Monday?", "Tuesday"),
+      ("Which animal says moo?", "A cow"), ("What is ice made of?", "Water"), ("Name a primary color.", "Red"),
+      ("What is the largest planet?", "Jupiter"), ("How many days are in a week?", "Seven"),
+      ("What do bees make?", "Honey"), ("Spell cat.", "C-A-T"), ("Which season is the coldest?", "Winter"),
+      ("What is the color of grass?", "Green"), ("How many hours in a day?", "24"), ("What shape is a ball?", "Round"),
+      ("Name a bird.", "A robin"), ("What do cows drink?", "Water"), ("What is the sun?", "A star"),
+      ("What is frozen rain called?", "Snow")]
+FILLER = ["This is a question many people ask, and the full answer depends on several factors worth discussing.",
+          "Let me explain in some detail, because there is a long history behind this and plenty of nuance.",
+          "There are many perspectives here, and scientists have debated the details for a very long time.",
+          "To understand it properly we should first consider the background and the context around it.",
+          "In addition, it is worth mentioning a few related facts that people often find quite surprising.",
+          "I hope this long explanation helps you understand the topic better than a short reply would."]
+
+
+def conversation(question: str) -> list[dict[str, str]]:
+    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}]
+
+
+@pytest.fixture(scope="module")
+def brevity(tmp_path_factory) -> dict[str, str]:
+    """Prompt files (16 train, 8 held out) and a reward model trained with cai rm's Python API."""
+    from cai.reward import RMConfig, train_reward
+
+    root = tmp_path_factory.mktemp("brevity")
+    rng = random.Random(0)
+    pairs = [{"id": f"{i}", "prompt": conversation(q), "chosen": f"{a}.",
+              "rejected": f"{a}. " + " ".join(rng.sample(FILLER, 2))} for i, (q, a) in enumerate(QA[:16])]
+    write_jsonl(root / "prefs.jsonl", pairs)
+    write_jsonl(root / "train.jsonl", [{"id": f"t{i}", "prompt": conversation(q)} for i, (q, _) in enumerate(QA[:16])])
+    write_jsonl(root / "eval.jsonl", [{"id": f"e{i}", "prompt": conversation(q)} for i, (q, _) in enumerate(QA[16:])])
+    summary = train_reward(RMConfig(prefs=str(root / "prefs.jsonl"), base="default", out=str(root / "rm"),
+                                    max_steps=2, batch_size=8, learning_rate=5e-5, warmup_ratio=0.0,
+                                    max_length=128, checkpoint_every=0, log_every=1, norm_max_responses=16),
+                           progress=False)
+    assert summary["train_accuracy"] == 1.0
+    return {"rm": str(root / "rm"), "train": str(root / "train.jsonl"), "eval": str(root / "eval.jsonl")}
+
+
+@pytest.mark.engine
+def test_ppo_raises_held_out_reward_with_bounded_kl(brevity, tmp_path):
+    cfg = PPOConfig(policy="default", reward_model=brevity["rm"], prompts=brevity["train"],
+                    eval_prompts=brevity["eval"], out=str(tmp_path / "out"), max_new_tokens=16, steps=5,
+                    batch_size=8, num_minibatches=2, ppo_epochs=1, learning_rate=2e-5, lr_scheduler="constant",
+                    kl_coef=0.05, checkpoint_every=0, sample_every=2)
+    s = train_ppo(cfg, progress=False)
+    rows = metric_rows(tmp_path / "out")
+    train = [r for r in rows if "objective/reward" in r]
+    evals = [r for r in rows if "eval/reward" in r]
+    assert s["eval_reward_end"] > s["eval_reward_start"] + 0.3, (evals, train)
+    assert evals[-1]["eval/eos_frac"] > evals[0]["eval/eos_frac"]
+    assert all(0 <= r["objective/kl"] < 10 for r in train) and evals[-1]["eval/kl"] < 10
+    assert all(r["policy/clipfrac"] < 0.5 for r in train)
+
+
+@pytest.mark.engine
+def test_vllm_rollouts_reload_weights_in_place(vllm_engine, default_model_path, tiny, tmp_path):
+    """PPO with the shared fp32 vLLM engine: after each update the engine gets the new weights
+    (the in-loop check at step 2 compares its log-probs with the trainer's at 1e-3); afterwards
+    the engine samples from the trained policy, not the original. The original weights are put
+    back at the end: the engine serves the whole test session."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from cai.config import EngineConfig
+    from cai.rollout import sample
+
+    tok = AutoTokenizer.from_pretrained(default_model_path)
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"id": f"v{i}", "prompt": conversation(q)}
+                                                 for i, (q, _) in enumerate(QA[:4])])
+    # The tiny random reward model shares the default tokenizer, so it can also seed the value
+    # model; what it prefers does not matter here, only that the policy's weights move.
+    cfg = PPOConfig(policy="default", reward_model=tiny["rm"], prompts=str(prompts), out=str(tmp_path / "out"),
+                    rollout_engine=EngineConfig(backend="vllm", dtype="float32"), max_new_tokens=8, steps=2,
+                    batch_size=4, num_minibatches=1, ppo_epochs=1, learning_rate=1e-4, checkpoint_every=0,
+                    engine_logprob_tolerance=1e-3, engine_timeout_s=300)
+    original = AutoModelForCausalLM.from_pretrained(default_model_path, dtype=torch.float32).eval()
+    try:
+        train_ppo(cfg, progress=False, rollout_engine=vllm_engine)
+        rows = metric_rows(tmp_path / "out")
+        assert all(r["engine/logprob_diff_mean"] < 1e-3 for r in rows)
+        assert all(r["time/weight_sync"] > 0 for r in rows)
+
+        trained = AutoModelForCausalLM.from_pretrained(tmp_path / "out", dtype=torch.float32).eval()
+        convs = [conversation(q) for q, _ in QA[4:8]]
+        sampling = Sampling(max_tokens=8, temperature=1.0, seed=None, logprobs=True)
+        batch = sample(vllm_engine, tok, convs, sampling, seeds=[1, 2, 3, 4], timeout_s=120)
+        with torch.no_grad():
+            new_lp, _ = response_logprobs(trained, batch, 1.0)
+            old_lp, _ = response_logprobs(original, batch, 1.0)
+        assert compare_logprobs(batch, new_lp, 1e-3).mean_abs_diff < 1e-3  # the engine runs the new weights
+        with pytest.raises(EngineError, match="not sampling from the policy being trained"):
+            compare_logprobs(batch, old_lp, 1e-3)  # ...and the check would catch a stale engine
+    finally:
+        vllm_engine.load_weights(original.state_dict().items())
+    batch = sample(vllm_engine, tok, [conversation("Say hello.")], Sampling(max_tokens=8, temperature=1.0,
+                                                                             seed=None, logprobs=True),
+                   seeds=[5], timeout_s=120)
+    with torch.no_grad():
+        lp, _ = response_logprobs(original, batch, 1.0)
+    assert compare_logprobs(batch, lp, 1e-3).mean_abs_diff < 1e-3  # restored for the rest of the session
+
