@@ -30,7 +30,8 @@ def machine() -> str:
     except (OSError, AttributeError):
         pass
     gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ", no GPU"
-    return f"{os.cpu_count()} CPU cores ({cpu}){mem}{gpu}; torch {torch.__version__}, Python {platform.python_version()}"
+    versions = f"torch {torch.__version__}, Python {platform.python_version()}"
+    return f"{os.cpu_count()} CPU cores ({cpu}){mem}{gpu}; {versions}"
 
 
 def write_section(title: str, body: str, path: Path = BENCHMARKS_MD) -> None:
