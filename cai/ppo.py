@@ -72,7 +72,6 @@ from cai.train_common import (
     autocast,
     batch_indices,
     checkpoint_dirs,
-    exact_div,
     is_finished,
     mark_finished,
     resolve_device,
@@ -253,9 +252,13 @@ class PPOConfig:
         for name in ("eval_every", "sample_every", "checkpoint_every", "num_samples"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
-        exact_div(self.batch_size, self.num_minibatches, f"batch_size {self.batch_size} / num_minibatches")
-        exact_div(self.minibatch_size, self.gradient_accumulation_steps,
-                  f"minibatch_size {self.minibatch_size} / gradient_accumulation_steps")
+        if self.batch_size % self.num_minibatches:
+            raise ConfigError(f"batch_size {self.batch_size} is not divisible by num_minibatches "
+                              f"{self.num_minibatches}", fix="choose batch_size as a multiple of num_minibatches")
+        if self.minibatch_size % self.gradient_accumulation_steps:
+            raise ConfigError(f"minibatch_size {self.minibatch_size} (batch_size / num_minibatches) is not divisible "
+                              f"by gradient_accumulation_steps {self.gradient_accumulation_steps}",
+                              fix="choose gradient_accumulation_steps that divides batch_size / num_minibatches")
         if self.temperature <= 0:
             raise ConfigError(f"temperature must be > 0 for PPO, got {self.temperature}",
                               fix="PPO needs a sampling distribution; 0.7 is the N+ setting")

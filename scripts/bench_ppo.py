@@ -28,6 +28,7 @@ import argparse
 import datetime as dt
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -137,6 +138,15 @@ def rollout_throughput(args, engines: dict, policy_model, conversations) -> dict
 
 
 def run(args) -> tuple[list[dict], list[dict]]:
+    """Both measurements, in a temporary folder removed afterwards (models and runs: a few GB)."""
+    root = Path(tempfile.mkdtemp(prefix="cai-bench-ppo-"))
+    try:
+        return _run(args, root)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _run(args, root: Path) -> tuple[list[dict], list[dict]]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from cai.engine.hf import HFEngine
@@ -146,7 +156,6 @@ def run(args) -> tuple[list[dict], list[dict]]:
     args.device = str(device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    root = Path(tempfile.mkdtemp(prefix="cai-bench-ppo-"))
     policy_path, rm_path, model_desc = make_models(device, root)
     prompts = write_prompts(root / "prompts.jsonl", args.batch_size)
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"

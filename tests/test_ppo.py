@@ -182,8 +182,9 @@ def test_call_with_timeout_off_the_main_thread_uses_a_watchdog_thread():
 @pytest.mark.parametrize("kw,match", [
     ({"reward_model": None}, "reward: rm needs a reward model"),
     ({"reward": "judge"}, "reward: judge uses no reward model"),
-    ({"batch_size": 6, "num_minibatches": 4}, "batch_size 6 / num_minibatches: 6 is not divisible by 4"),
-    ({"gradient_accumulation_steps": 3}, "minibatch_size 2 / gradient_accumulation_steps"),
+    ({"batch_size": 6, "num_minibatches": 4}, "batch_size 6 is not divisible by num_minibatches 4"),
+    ({"gradient_accumulation_steps": 3}, r"minibatch_size 2 \(batch_size / num_minibatches\) is not divisible by "
+                                         "gradient_accumulation_steps 3"),
     ({"temperature": 0.0}, "temperature must be > 0"),
     ({"cliprange": 1.5}, "cliprange must be in"),
     ({"steps": 0}, "steps must be >= 1"),
