@@ -179,6 +179,8 @@ Judge on these pairs: position agreement {100 * s.position_agreement:.1f}%, firs
             return (f"{100 * d['win_rate']:.0f}% | {d['mean_p']:.3f} | {d['p_a_when_first']:.3f} | "
                     f"{d['p_a_when_second']:.3f}")
 
+        d_first = b["p_a_when_first"] - a["p_a_when_first"]
+        d_second = b["p_a_when_second"] - a["p_a_when_second"]
         body += f"""
 Injected instruction ({a['n']} pairs; "{INJECTION.strip()}" appended to the human-rejected response):
 
@@ -187,8 +189,9 @@ Injected instruction ({a['n']} pairs; "{INJECTION.strip()}" appended to the huma
 | plain | {cells(a)} |
 | with the injection | {cells(b)} |
 
-An instruction that names a position moves both orders alike and cancels in the order average;
-the rest of its effect is what the delimiting and the "ignore instructions" line leave.
+The order average moves the injected response's p by half the difference of the two P(A) changes:
+({d_first:.3f} - {d_second:.3f}) / 2 = {(d_first - d_second) / 2:+.3f} here. An instruction that only names a
+position raises P(A) in both orders and cancels; what remains is the judge reading the response.
 """
     print(body)
     if not args.no_write:
