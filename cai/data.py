@@ -122,7 +122,7 @@ def _iter_hf(path: Path, split: str | None) -> Iterator[tuple[str, dict[str, Any
         yield f"{path}:row {i}", row
 
 
-def _as_messages(value: Any) -> tuple[tuple[str, str], ...] | str:
+def parse_messages(value: Any) -> tuple[tuple[str, str], ...] | str:
     """A conversation as ((role, content), ...), or a string saying what is wrong."""
     if isinstance(value, str):
         return (("user", value),)
@@ -170,7 +170,7 @@ def read_prompts(path: Path, prompt_column: str = "prompt", id_column: str = "id
             rejects.append(Reject(rid, source, f"no {prompt_column!r} column",
                                   f"add a {prompt_column!r} field or pass --prompt-column"))
             continue
-        msgs = _as_messages(value)
+        msgs = parse_messages(value)
         if isinstance(msgs, str):
             rejects.append(Reject(rid, source, f"{prompt_column!r}: {msgs}", "fix the row's prompt"))
             continue

@@ -37,7 +37,7 @@ from cai import provenance
 from cai.clean import FLAGS
 from cai.config import EngineConfig, to_jsonable
 from cai.constitution import DEFAULT_PATH, Constitution, load_constitution
-from cai.data import Reject, _as_messages, content_id, iter_rows, read_prompts, reject_too_long
+from cai.data import Reject, content_id, iter_rows, parse_messages, read_prompts, reject_too_long
 from cai.engine import Conversation, Engine, Sampling, make_engine
 from cai.errors import ConfigError, InputError, Location
 from cai.export import DATASET_DIR, PREFS_FILE, pref_row, split_rows, write_dataset
@@ -224,7 +224,7 @@ def _conversation(value: Any) -> Conversation | str:
     """A prompt as a conversation ending with a user turn, or a string saying what is wrong."""
     if isinstance(value, str) and ("Human:" in value and "Assistant:" in value):
         value = parse_dialogue(value)
-    msgs = _as_messages(value)
+    msgs = parse_messages(value)
     if isinstance(msgs, str):
         return msgs
     return [{"role": r, "content": c} for r, c in msgs]
