@@ -95,14 +95,17 @@ def test_every_data_folder_carries_its_license_and_the_whole_stays_small():
     assert sum(p.stat().st_size for p in DATA.rglob("*") if p.is_file()) < 600_000
 
 
-@pytest.mark.parametrize("script, option, rows", [
-    ("bench_revise.py", '"--n", type=int, default=128', "do-not-answer/prompts.jsonl"),
-    ("bench_label.py", '"--pairs", type=int, default=256', "hh-rlhf-harmless-dev/pairs.jsonl"),
+@pytest.mark.parametrize("script, rows, option", [
+    ("bench_revise.py", "do-not-answer/prompts.jsonl", '"--n", type=int, default=128'),
+    ("bench_label.py", "hh-rlhf-harmless-dev/pairs.jsonl", '"--pairs", type=int, default=256'),
+    ("bench_engine.py", "mt-bench/questions.jsonl", None),  # repeats its 80 prompts past 80
 ])
-def test_the_benchmarks_defaults_fit_in_the_shipped_data(script, option, rows):
+def test_the_benchmarks_read_the_shipped_data_and_their_defaults_fit(script, rows, option):
     text = (REPO / "scripts" / script).read_text()
-    assert option in text and f"{rows.split('/')[0]}\" / \"{rows.split('/')[1]}" in text
-    assert int(option.rsplit("=", 1)[1]) <= readme_rows()[rows]
+    folder, name = rows.split("/")
+    assert f'REPO / "data" / "{folder}" / "{name}"' in text
+    if option:
+        assert option in text and int(option.rsplit("=", 1)[1]) <= readme_rows()[rows]
 
 
 # --- The packaged constitutions and prompts ----------------------------------------------------------

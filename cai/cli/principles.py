@@ -110,7 +110,7 @@ def _cut(text: str, width: int) -> str:
 
 @principles_app.command("show")
 def show(
-    file: Annotated[Path, typer.Argument(help=NAMES[0].upper() + NAMES[1:] + ".")] = Path(DEFAULT_PATH),
+    file: Annotated[Path, typer.Argument(help=f"Show {NAMES}.")] = Path(DEFAULT_PATH),
     full: Annotated[bool, typer.Option("--full", help="Show whole texts, not their first words.")] = False,
     as_yaml: Annotated[bool, typer.Option("--yaml", help="Print the resolved constitution as one YAML "
                                                          "file (includes applied) instead.")] = False,
