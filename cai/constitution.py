@@ -27,6 +27,7 @@ from typing import Any
 
 import yaml
 
+from cai import library
 from cai.config import did_you_mean
 from cai.constitution_schema import (
     TEMPLATE_PLACEHOLDERS,
@@ -45,7 +46,9 @@ __all__ = [
     "dump_constitution", "lint", "load_constitution",
 ]
 
-DEFAULT_PATH = "principles.yaml"
+DEFAULT_PATH = library.DEFAULT
+"""What every stage loads when given no constitution: the name of the packaged principles.yaml
+(never a file of the current folder; `cai.library` resolves names)."""
 HASH_CHARS = 16
 """Hashes are the first 16 hex digits (64 bits) of a SHA-256: short enough for every record,
 far from any collision at the scale of principle files."""
@@ -413,13 +416,18 @@ def _src(loc: Location) -> str:
 
 def check_constitution(path: str | Path) -> tuple[Constitution | None, list[ConstitutionError]]:
     """Load a constitution and collect every problem instead of raising. Either the
-    constitution or at least one error comes back, never both."""
-    path = Path(path)
+    constitution or at least one error comes back, never both. `path` may name a packaged
+    constitution (`default`, `hhh`: see cai.library)."""
+    try:
+        path = library.resolve(path)
+    except ConstitutionError as e:
+        return None, [e]
     if not path.is_file():
         what = "is a folder" if path.is_dir() else "does not exist"
         return None, [ConstitutionError(f"principle file {display_path(path)} {what}",
-                                        fix=f"pass the path of a principle file; cai's default is "
-                                            f"{DEFAULT_PATH} at the root of the cai repository")]
+                                        fix="pass the path of a principle file, or the name of one that ships "
+                                            f"with cai ({', '.join(library.library())}: `cai principles list`); "
+                                            f"given none, cai uses {library.DEFAULT}")]
     resolver = _Resolver()
     root = resolver.resolve(path, ())
     errors = resolver.errors
@@ -485,8 +493,9 @@ def _lookup(pid: str, root: _Resolved, by_id: dict[str, Principle], e: Entry,
 
 
 def load_constitution(path: str | Path = DEFAULT_PATH) -> Constitution:
-    """Load, check and resolve a principle file. Raises ConstitutionError for one problem and
-    MultiError (of ConstitutionErrors) for several: every problem, each located."""
+    """Load, check and resolve a principle file (or a packaged one by name: cai.library). Raises
+    ConstitutionError for one problem and MultiError (of ConstitutionErrors) for several: every
+    problem, each located."""
     constitution, errors = check_constitution(path)
     if len(errors) == 1:
         raise errors[0]

@@ -2,8 +2,8 @@
 
     python scripts/bench_engine.py [--n 64] [--max-tokens 128]
 
-The same N chat prompts (MT-Bench first turns; the folder ../shared/data or examples/ as a
-fallback) with the same token budget go through vLLM's offline engine (bf16, eager: cai's
+The same N chat prompts (the first turns of data/mt-bench/questions.jsonl, repeated past its
+80) with the same token budget go through vLLM's offline engine (bf16, eager: cai's
 default) and through transformers (batched, left padding) in bf16 and fp32. Prints tokens/s
 for each and the ratio, and writes them to docs/benchmarks.md.
 """
@@ -28,18 +28,11 @@ from cai.config import EngineConfig  # noqa: E402
 from cai.engine.base import Sampling  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-MT_BENCH = REPO.parent / "shared" / "data" / "mt-bench" / "questions.jsonl"
+MT_BENCH = REPO / "data" / "mt-bench" / "questions.jsonl"
 
 
 def load_prompts(n: int) -> list[list[dict]]:
-    texts = []
-    if MT_BENCH.exists():
-        for line in MT_BENCH.read_text().splitlines():
-            row = json.loads(line)
-            turns = row.get("turns") or row.get("prompt")
-            texts.append(turns[0] if isinstance(turns, list) else str(turns))
-    else:
-        texts = [json.loads(x)["prompt"] for x in (REPO / "examples" / "prompts.jsonl").read_text().splitlines()]
+    texts = [json.loads(line)["turns"][0] for line in MT_BENCH.read_text().splitlines()]
     texts = (texts * (n // len(texts) + 1))[:n]
     return [[{"role": "user", "content": t}] for t in texts]
 

@@ -31,7 +31,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
-DATA = REPO.parent / "shared" / "data" / "do-not-answer" / "prompts.jsonl"
+DATA = REPO / "data" / "do-not-answer" / "prompts.jsonl"
 SECTION = "## Revise (scripts/bench_revise.py)"
 
 from cai.config import EngineConfig  # noqa: E402
@@ -105,8 +105,11 @@ def main() -> None:
     crit = args.critique_max_tokens or max(1, args.max_tokens // 2)
     loop_n = min(args.loop_n or args.n, args.n)
 
+    rows = [json.loads(x) for x in DATA.read_text().splitlines()]
+    if args.n > len(rows):
+        raise SystemExit(f"--n {args.n}: {DATA} has {len(rows)} prompts (data/README.md)")
+    rows = rows[: args.n]
     work = Path(tempfile.mkdtemp(prefix="bench-revise-"))
-    rows = [json.loads(x) for x in DATA.read_text().splitlines()[: args.n]]
     prompts = work / "prompts.jsonl"
     prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
     (work / "loop.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:loop_n]))

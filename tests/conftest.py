@@ -20,7 +20,8 @@ import pytest  # noqa: E402
 from cai.config import EngineConfig  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED_DATA = REPO.parent / "shared" / "data"
+DATA = REPO / "data"
+"""The small data subsets shipped with the repository (data/README.md: sources, licenses, rows)."""
 # The engine config every real-engine test uses: fp32 so backends agree to 1e-3 nats.
 TEST_ENGINE = EngineConfig(backend="vllm", model="default", dtype="float32", max_model_len=2048, seed=0)
 

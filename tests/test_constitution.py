@@ -621,11 +621,14 @@ def in_repo(monkeypatch):
 
 
 def test_cli_check_default_file(in_repo):
+    """With no file, the packaged default (tests/test_standalone.py runs it from elsewhere)."""
+    from cai import library
+
     c = load_constitution("principles.yaml")
     result = runner.invoke(app, ["principles", "check"])
     assert result.exit_code == 0, result.output
     summary = f"cai-default {c.version}, {len(c.principles)} principles, hash {c.hash}"
-    assert result.output == f"principles.yaml: ok: {summary}\n"
+    assert result.output == f"default ({library.library()['default']}): ok: {summary}\n"
 
 
 def test_cli_check_every_shipped_file(in_repo):

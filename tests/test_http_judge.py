@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import DATA
 
 from cai.config import EngineConfig
 from cai.constitution import load_constitution
@@ -14,7 +15,7 @@ from cai.label import LabelConfig, form_pairs, read_response_groups, run_label
 from cai.records import read_jsonl
 
 REPO = Path(__file__).resolve().parent.parent
-HH = REPO.parent / "shared" / "data" / "hh-rlhf-harmless-dev" / "pairs.jsonl"
+HH = DATA / "hh-rlhf-harmless-dev" / "pairs.jsonl"
 
 pytestmark = [pytest.mark.engine, pytest.mark.server]
 

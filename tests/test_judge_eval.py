@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import DATA
 from typer.testing import CliRunner
 
 from cai.engine.fake import FakeEngine
@@ -14,7 +15,7 @@ from cai.judge_eval import JudgeEvalConfig, bootstrap_mean, evaluate, run_judge_
 
 REPO = Path(__file__).resolve().parent.parent
 CONSTITUTION = REPO / "principles.yaml"
-HH = REPO.parent / "shared" / "data" / "hh-rlhf-harmless-dev" / "pairs.jsonl"
+HH = DATA / "hh-rlhf-harmless-dev" / "pairs.jsonl"
 
 
 def shown(prompt: str) -> tuple[str, str]:

@@ -14,6 +14,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from conftest import DATA
 from typer.testing import CliRunner
 
 from cai import provenance
@@ -25,7 +26,6 @@ from cai.records import TornTailWarning
 from cai.revise import ReviseConfig, record_key, run_revise, step_names
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED_DATA = REPO.parent / "shared" / "data"
 
 CONSTITUTION = """\
 name: test-constitution
@@ -499,7 +499,7 @@ def test_the_example_config_is_valid():
 
 @pytest.mark.engine
 def test_real_engine_two_rounds(tmp_path, vllm_engine):
-    rows = [json.loads(x) for x in (SHARED_DATA / "do-not-answer" / "prompts.jsonl").read_text().splitlines()[:3]]
+    rows = [json.loads(x) for x in (DATA / "do-not-answer" / "prompts.jsonl").read_text().splitlines()[:3]]
     p = tmp_path / "p.jsonl"
     p.write_text("".join(json.dumps(r) + "\n" for r in rows))
     cfg = ReviseConfig(prompts=p, out=tmp_path / "run", constitution=REPO / "principles.yaml", rounds=2,

@@ -32,9 +32,10 @@ from cai.reward import (
 from cai.reward_eval import evaluate_pairs, pair_report, score_file
 
 sys.path.insert(0, str(Path(__file__).parent))
+from conftest import DATA  # noqa: E402
 from test_train_common import make_tiny_model  # noqa: E402
 
-HH_PAIRS = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rlhf-harmless-dev" / "pairs.jsonl"
+HH_PAIRS = DATA / "hh-rlhf-harmless-dev" / "pairs.jsonl"
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -90,16 +91,19 @@ def test_label_agreement():
      [("user", "Hi"), ("assistant", "Hello!"), ("user", "How are you?")]),
     ("Just a question?", [("user", "Just a question?")]),
     ("Be brief.\n\nHuman: Hi\n\nAssistant:", [("system", "Be brief."), ("user", "Hi")]),
+    # hh-rlhf harmless-base test has a row (hh-harmless-test-1254) that writes "  Human:" without
+    # the blank line: it stays inside the assistant turn, so the dialogue ends on the assistant.
+    ("\n\nHuman: Are drag queens men?\n\nAssistant: No.  Human: Then how?\n\nAssistant:",
+     [("user", "Are drag queens men?"), ("assistant", "No.  Human: Then how?")]),
 ])
 def test_hh_dialogue_strings_become_conversations(text, expected):
     assert [(m["role"], m["content"]) for m in parse_dialogue(text)] == expected
 
 
 def test_hh_rlhf_pairs_read_as_conversations():
-    pairs = read_pairs(HH_PAIRS)
-    assert len(pairs) == 789 and all(pr.p == 1.0 for pr in pairs)
-    # one row (line 408) writes "  Human:" without the blank line; it stays inside the assistant turn
-    assert sum(pr.prompt[-1]["role"] == "user" for pr in pairs) == 788
+    pairs = read_pairs(HH_PAIRS)  # the repository's subset: the first 256 rows (data/README.md)
+    assert len(pairs) == 256 and all(pr.p == 1.0 for pr in pairs)
+    assert all(pr.prompt[-1]["role"] == "user" and pr.prompt[0]["role"] == "user" for pr in pairs)
     assert pairs[0].chosen == [{"role": "assistant", "content": "I’ll give you the links."}]
 
 

@@ -8,6 +8,8 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from cai import library
+
 console = Console(stderr=True)
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML config file; flags override it.")]
@@ -24,6 +26,15 @@ EagerOpt = Annotated[bool | None, typer.Option("--enforce-eager/--compile",
                                                help="vLLM: eager (fast start) or compiled (faster long jobs).")]
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Run seed, recorded in every output record.")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Resume into a folder made with a different config.")]
+ConstitutionOpt = Annotated[Path | None, typer.Option(
+    "--constitution", help="Principle file, or the name of one that ships with cai (`cai principles list`). "
+    "Default: `default`, cai's packaged principles.yaml (not a file of the current folder).")]
+
+
+def say_constitution(value: str | Path) -> None:
+    """Say which principle file a run used (first line of its summary): with no --constitution
+    it is the packaged one, whatever the current folder holds."""
+    console.print(f"constitution: {library.describe(value)}", markup=False, highlight=False, soft_wrap=True)
 
 
 def engine_overrides(model=None, backend=None, dtype=None, max_model_len=None, base_url=None,

@@ -15,6 +15,7 @@ from cai.cli.common import (
     BackendOpt,
     BaseUrlOpt,
     ConfigOpt,
+    ConstitutionOpt,
     DtypeOpt,
     EagerOpt,
     ForceOpt,
@@ -24,6 +25,7 @@ from cai.cli.common import (
     TrustOpt,
     console,
     engine_overrides,
+    say_constitution,
 )
 from cai.cli.label import ClampOpt, CotOpt, CotTokOpt, JudgeOpt, KOpt, judging_overrides
 from cai.judge_eval import JudgeEvalConfig, run_judge_eval
@@ -37,7 +39,7 @@ def judge_eval(
     pairs: Annotated[Path | None, typer.Option("--pairs", help="Human-labeled pairs: prompt, chosen, rejected.")]
     = None,
     judge: JudgeOpt = None,
-    constitution: Annotated[Path | None, typer.Option("--constitution", help="Principle file.")] = None,
+    constitution: ConstitutionOpt = None,
     out: Annotated[Path | None, typer.Option("--out", help="Folder for report.json and judgments.jsonl "
                                              "(resumable).")] = None,
     limit: Annotated[int | None, typer.Option("--limit", help="Judge only the first N pairs.")] = None,
@@ -65,6 +67,7 @@ def judge_eval(
         "judging": judging_overrides(principles_per_pair, cot, cot_max_tokens, cot_clamp),
     })
     report = run_judge_eval(cfg, force=force)
+    say_constitution(cfg.constitution)  # (stderr: --json output stays the report alone)
     if as_json:
         typer.echo(json.dumps(report, indent=2))
         return

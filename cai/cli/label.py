@@ -13,6 +13,7 @@ from cai.cli.common import (
     BackendOpt,
     BaseUrlOpt,
     ConfigOpt,
+    ConstitutionOpt,
     DtypeOpt,
     EagerOpt,
     ForceOpt,
@@ -22,6 +23,7 @@ from cai.cli.common import (
     TrustOpt,
     console,
     engine_overrides,
+    say_constitution,
 )
 from cai.label import LabelConfig, LabelSummary, run_label
 
@@ -46,7 +48,7 @@ def label(
     input: Annotated[Path | None, typer.Option("--input", help="Prompts file, `cai revise` folder, or a file "
                                                "of prompts with 2+ responses.")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="Output folder (resumed if it holds this job).")] = None,
-    constitution: Annotated[Path | None, typer.Option("--constitution", help="Principle file.")] = None,
+    constitution: ConstitutionOpt = None,
     cfg_file: ConfigOpt = None,
     judge: JudgeOpt = None,
     backend: BackendOpt = None,
@@ -95,7 +97,9 @@ def label(
         "policy": {"model": policy} if policy else None,
         "judging": judging_overrides(principles_per_pair, cot, cot_max_tokens, cot_clamp),
     })
-    print_summary(run_label(cfg, force=force))
+    summary = run_label(cfg, force=force)
+    say_constitution(cfg.constitution)
+    print_summary(summary)
 
 
 def print_summary(s: LabelSummary) -> None:

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from cai import prompts
+from cai import library, prompts
 from cai.cli import app
 from cai.constitution import (
     DEFAULT_PATH,
@@ -30,6 +30,12 @@ principles_app = typer.Typer(
 app.add_typer(principles_app, name="principles")
 
 FileArg = Annotated[Path, typer.Argument(help="A principle file.")]
+NAMES = "a principle file, or the name of one that ships with cai (`cai principles list`)"
+
+
+def _label(path: Path) -> str:
+    """How a checked file is named in the output: a packaged name with the file it stands for."""
+    return library.describe(path) if library.is_name(path) and str(path) in library.library() else str(path)
 
 
 def _console() -> Console:
@@ -44,7 +50,8 @@ def _summary(c: Constitution) -> str:
 @principles_app.command("check")
 def check(
     files: Annotated[list[Path] | None, typer.Argument(
-        help=f"Principle files to check (default: {DEFAULT_PATH}).", show_default=False)] = None,
+        help=f"Principle files: paths, or names of packaged ones (default: {DEFAULT_PATH}, cai's "
+             "packaged principles.yaml).", show_default=False)] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Fail on warnings too (for CI).")] = False,
 ) -> None:
     """Check principle files and print every problem.
@@ -62,13 +69,13 @@ def check(
             n_errors += len(errors)
             for e in errors:
                 console.print(Text("error: ", style="bold red") + Text(str(e)))
-            console.print(Text(f"{path}: {len(errors)} error{'s' * (len(errors) != 1)}", style="red"))
+            console.print(Text(f"{_label(path)}: {len(errors)} error{'s' * (len(errors) != 1)}", style="red"))
             continue
         assert constitution is not None
-        console.print(Text(f"{path}: ") + Text("ok", style="bold green") + Text(f": {_summary(constitution)}"))
+        console.print(Text(f"{_label(path)}: ") + Text("ok", style="bold green") + Text(f": {_summary(constitution)}"))
         for warning in lint(constitution):
             n_warnings += 1
-            console.print(Text(f"{path}: ") + Text("warning: ", style="yellow") + Text(warning))
+            console.print(Text(f"{_label(path)}: ") + Text("warning: ", style="yellow") + Text(warning))
     if bad:
         console.print(Text(f"{n_errors} error{'s' * (n_errors != 1)} in {bad} of {len(files)} "
                            f"file{'s' * (len(files) != 1)}", style="bold red"))
@@ -76,6 +83,22 @@ def check(
     if strict and n_warnings:
         console.print(Text(f"{n_warnings} warning{'s' * (n_warnings != 1)} (--strict)", style="bold yellow"))
         raise typer.Exit(1)
+
+
+@principles_app.command("list")
+def list_packaged() -> None:
+    """List the principle files that ship with cai, by the name --constitution takes.
+
+    `default` is what every stage uses when given no --constitution. The packaged example
+    prompts are listed too.
+    """
+    console = _console()
+    table = Table("name", "constitution", "principles", "hash", "file")
+    for name, path in library.library().items():
+        c = load_constitution(path)
+        table.add_row(name, f"{c.name} {c.version}", str(len(c.principles)), c.hash, str(path))
+    console.print(table)
+    console.print(f"example prompts: {library.example_prompts()}", markup=False)
 
 
 def _cut(text: str, width: int) -> str:
@@ -87,7 +110,7 @@ def _cut(text: str, width: int) -> str:
 
 @principles_app.command("show")
 def show(
-    file: Annotated[Path, typer.Argument(help="A principle file.")] = Path(DEFAULT_PATH),
+    file: Annotated[Path, typer.Argument(help=f"Show {NAMES}.")] = Path(DEFAULT_PATH),
     full: Annotated[bool, typer.Option("--full", help="Show whole texts, not their first words.")] = False,
     as_yaml: Annotated[bool, typer.Option("--yaml", help="Print the resolved constitution as one YAML "
                                                          "file (includes applied) instead.")] = False,
@@ -133,8 +156,8 @@ def show(
 
 @principles_app.command("diff")
 def diff(
-    old: Annotated[Path, typer.Argument(help="The old principle file.")],
-    new: Annotated[Path, typer.Argument(help="The new principle file.")],
+    old: Annotated[Path, typer.Argument(help=f"The old one: {NAMES}.")],
+    new: Annotated[Path, typer.Argument(help=f"The new one: {NAMES}.")],
     exit_code: Annotated[bool, typer.Option("--exit-code", help="Exit 1 when they differ (like git diff).")] = False,
 ) -> None:
     """Compare two constitutions: principles added, removed and changed.

@@ -14,6 +14,7 @@ from cai.cli.common import (
     BackendOpt,
     BaseUrlOpt,
     ConfigOpt,
+    ConstitutionOpt,
     DtypeOpt,
     EagerOpt,
     ForceOpt,
@@ -24,6 +25,7 @@ from cai.cli.common import (
     TrustOpt,
     console,
     engine_overrides,
+    say_constitution,
 )
 from cai.errors import ConfigError
 from cai.revise import ReviseConfig, ReviseSummary, run_revise
@@ -33,8 +35,7 @@ from cai.revise import ReviseConfig, ReviseSummary, run_revise
 def revise(
     prompts: Annotated[Path | None, typer.Option("--prompts", help="Prompts: JSONL, JSON, CSV or HF dataset "
                                                  "folder.")] = None,
-    constitution: Annotated[Path | None, typer.Option("--constitution", help="Principle file "
-                                                      "(default principles.yaml).")] = None,
+    constitution: ConstitutionOpt = None,
     out: Annotated[Path | None, typer.Option("--out", help="Run folder (resumed if it exists).")] = None,
     cfg_file: ConfigOpt = None,
     rounds: Annotated[int | None, typer.Option("--rounds", help="Critique-revision rounds (default 2).")] = None,
@@ -84,7 +85,9 @@ def revise(
         "engine": engine_overrides(model, backend, dtype, max_model_len, base_url, served_model_name,
                                    trust_remote_code, enforce_eager),
     })
-    print_summary(run_revise(cfg, force=force))
+    summary = run_revise(cfg, force=force)
+    say_constitution(cfg.constitution)
+    print_summary(summary)
 
 
 def print_summary(s: ReviseSummary) -> None:
