@@ -677,4 +677,13 @@ def test_cli_revise_with_the_transformers_backend(tmp_path):
     assert r.exit_code == 0, r.output
     recs = read_records(out)
     assert [x["id"] for x in recs] == ["a", "b"] and recs[0]["model"].startswith("SmolLM2-135M-Instruct")
+    from cai import models
+
+    assert recs[0]["model_fingerprint"] == models.fingerprint(models.resolve("default"))  # set by make_engine
+    assert recs[0]["engine"] == {"backend": "hf", "dtype": "auto"}
     assert "exported 2 SFT rows" in r.output
+    # The same command again: the keys match (the identity made before loading equals the engine's).
+    r = CliRunner().invoke(app, ["revise", "--prompts", str(p), "--out", str(out), "--constitution",
+                                 str(REPO / "principles.yaml"), "--backend", "hf", "--rounds", "1",
+                                 "--max-tokens", "8", "--critique-max-tokens", "8", "--keep-flagged"])
+    assert r.exit_code == 0 and "0 revised, 2 already there" in r.output and "stale" not in r.output
