@@ -14,6 +14,8 @@ the answer itself. What cannot be cleaned is flagged instead of silently kept:
   failure the few-shot transcripts are there to prevent, CAI §1).
 - `fewshot_copy`: the text reproduces one of the few-shot examples' answers (small models copy
   "Pull weeds by hand after rain..." as the revision of an unrelated prompt).
+- `unfinished`: the engine ended the text for another reason than a stop or max_tokens ("abort",
+  "error", none given): whatever text came back is not a finished answer.
 
 The revise stage stores the flags with each step; the exports skip flagged texts by default.
 """
@@ -24,9 +26,14 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
+from cai.engine.base import FINISHED
+
 Step = Literal["response", "critique", "revision"]
-FLAGS = ("empty", "degenerate", "truncated", "wrong_role", "fewshot_copy")
+FLAGS = ("empty", "degenerate", "truncated", "wrong_role", "fewshot_copy", "unfinished")
 """Every flag `clean` can raise (docs/revise.md explains each)."""
+CLEAN_VERSION = 2
+"""Bumped whenever `clean` changes what it keeps or flags: it is part of the keys of the records
+made from cleaned texts, so a resume makes them again with the new cleaning (docs/architecture.md)."""
 
 # Labels a model writes in front of its answer. Checked case-insensitively at the start of the
 # text, optionally in markdown bold ("**Revision:**"), repeatedly ("Assistant: Revision: ...").
@@ -95,6 +102,8 @@ def clean(text: str, step: Step, finish_reason: str = "stop", fewshot: tuple[str
         flags.append("fewshot_copy")
     if finish_reason == "length" and step != "critique":
         flags.append("truncated")
+    if finish_reason not in FINISHED:
+        flags.append("unfinished")
     return Cleaned(out, tuple(flags))
 
 

@@ -81,6 +81,19 @@ class Principle:
     with it is stale exactly when one of them changes. Weight, tags and description are left
     out (they change no generated text); the constitution hash covers them."""
 
+    @property
+    def revise_hash(self) -> str:
+        """Hash of what `cai revise` reads of the principle (id, critique, revision; not `compare`):
+        revise records are keyed on it, so editing the judge's question leaves them current."""
+        return _digest({"schema": HASH_SCHEMA, "use": "revise", "id": self.id, "critique": self.critique,
+                        "revision": self.revision})
+
+    @property
+    def judge_hash(self) -> str:
+        """Hash of what the judge reads of the principle (id, compare): judgments are keyed on it,
+        so editing a critique or revision request leaves them current."""
+        return _digest({"schema": HASH_SCHEMA, "use": "judge", "id": self.id, "compare": self.compare})
+
 
 @dataclass(frozen=True)
 class CritiqueExample:

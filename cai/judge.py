@@ -36,7 +36,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from cai import provenance
+from cai import config, provenance
 from cai.config import EngineConfig
 from cai.constitution import Constitution, Principle
 from cai.engine import Conversation, Engine, Sampling
@@ -308,6 +308,22 @@ def judge_pairs(engine: Engine, c: Constitution, pairs: Sequence[Pair], options:
                             rationales=rats, prompt_tokens=sum(scored_tokens[at:at + 2 * k])))
         at += 2 * k
     return out
+
+
+def judge_prompts(c: Constitution) -> str:
+    """Hash of what of the constitution every judge prompt shows: the judge template, the answer
+    template and the few-shot comparisons (the principles enter per pair, by `judge_hash`)."""
+    return provenance.key(c.templates.judge, c.templates.judge_answer, config.to_jsonable(c.comparison_examples))
+
+
+def judgment_key(pair: Pair, principles: list[Principle] | tuple[Principle, ...], judge: dict[str, Any],
+                 c: Constitution, judging: JudgeOptions, seed: int) -> str:
+    """Everything that decides a verdict: the texts, the judge (`cai.models.identity`), what the judge
+    reads of the principles drawn (id and question: `Principle.judge_hash`, not the critique or
+    revision requests), the judge prompts, the options and the seed (CoT rationales). Shared by
+    `cai label` and `cai judge eval`; `judge` is `cai.models.identity(..., context=True)`."""
+    return provenance.key(pair.conversation, pair.x, pair.y, judge, [p.judge_hash for p in principles],
+                          judge_prompts(c), config.to_jsonable(judging), seed)
 
 
 # --- d-RLAIF: one response scored 1-10 -----------------------------------------------------------

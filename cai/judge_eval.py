@@ -15,7 +15,8 @@ the report gives:
   observed agreement in each bin, and the expected calibration error.
 
 With `out`, judgments are appended to DIR/judgments.jsonl as they finish (a rerun resumes, and a
-larger --limit extends) and the report is written to DIR/report.json.
+larger --limit extends; a stored judgment whose key differs from today's inputs, e.g. an edited
+pair or comparison question, is judged again) and the report is written to DIR/report.json.
 """
 
 from __future__ import annotations
@@ -26,23 +27,35 @@ import random
 import time
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cai import models
 from cai.config import EngineConfig, to_jsonable
 from cai.constitution import DEFAULT_PATH, load_constitution
 from cai.engine import Engine, make_engine
 from cai.errors import ConfigError, InputError, Location
-from cai.judge import JudgeOptions, check_options, judge_pairs, resolve_judge_engine
+from cai.judge import (
+    JudgeOptions,
+    check_options,
+    draw_principles,
+    judge_pairs,
+    judge_prompts,
+    judgment_key,
+    resolve_judge_engine,
+)
 from cai.label import form_pairs, read_response_groups
 from cai.progress import make_progress
-from cai.records import JsonlStore, open_run_dir, read_jsonl
+from cai.records import JsonlStore, locked_run, open_run_dir, read_jsonl
 
 Z95 = 1.959963984540054
 """The standard normal quantile of a two-sided 95% interval."""
 JUDGMENTS_FILE = "judgments.jsonl"
 REPORT_FILE = "report.json"
+RESUMABLE_CHANGES = ("limit:", "bins:", "bootstrap_samples:", "chunk_size:")
+"""Config fields that change no judgment: a different --limit resumes (and extends) the same
+judgments, and the report's statistics are recomputed from them."""
 
 
 @dataclass(frozen=True)
@@ -173,6 +186,7 @@ def evaluate(rows: Sequence[dict[str, Any]], bins: Sequence[float] = JudgeEvalCo
 # --- The job -------------------------------------------------------------------------------------
 
 
+@locked_run
 def run_judge_eval(cfg: JudgeEvalConfig, engine: Engine | None = None, force: bool = False) -> dict[str, Any]:
     """Judge the human-labeled pairs and return the report (also written to DIR/report.json)."""
     constitution = load_constitution(cfg.constitution)
@@ -188,14 +202,17 @@ def run_judge_eval(cfg: JudgeEvalConfig, engine: Engine | None = None, force: bo
                          Location(str(cfg.pairs)), fix="judge eval needs human-labeled chosen/rejected columns")
     groups = groups[: cfg.limit] if cfg.limit else groups
     pairs, pair_rejects, identical = form_pairs(groups)
+    judge = models.identity(resolve_judge_engine(cfg.judge), engine, context=True)
+    keys = {p.id: judgment_key(p, draw_principles(constitution, cfg.judging, cfg.seed, p.id), judge, constitution,
+                               cfg.judging, cfg.seed) for p, _, _, _ in pairs}
 
     store = None
-    if cfg.out is not None:
-        # A different --limit still resumes (and extends) the same judgments.
-        open_run_dir(cfg.out, replace(cfg, limit=None), force)
-        store = JsonlStore(Path(cfg.out) / JUDGMENTS_FILE)
     done: dict[str, dict[str, Any]] = {}
-    if store is not None and store.path.exists():
+    if cfg.out is not None:
+        open_run_dir(cfg.out, cfg, force, resumable=RESUMABLE_CHANGES, records=JUDGMENTS_FILE,
+                     inputs={"judge_fingerprint": judge["fingerprint"], "judge_prompts": judge_prompts(constitution)})
+        # A stored judgment whose key differs from today's is dropped and judged again.
+        store = JsonlStore(Path(cfg.out) / JUDGMENTS_FILE, current_keys=keys)
         done = {r["id"]: r for r in read_jsonl(store.path)}
     pending = [p for p, _, _, _ in pairs if p.id not in done]
 
@@ -212,8 +229,9 @@ def run_judge_eval(cfg: JudgeEvalConfig, engine: Engine | None = None, force: bo
                 for pair, jd in zip(chunk, judge_pairs(engine, constitution, chunk, cfg.judging, cfg.seed),
                                     strict=True):
                     row = {"id": pair.id, **jd.to_dict(), "chosen_chars": len(pair.x.strip()),
-                           "rejected_chars": len(pair.y.strip()), "judge_model": engine.model_name,
-                           "constitution_hash": constitution.hash}
+                           "rejected_chars": len(pair.y.strip()), "judge_model": judge["model"],
+                           "judge_fingerprint": judge["fingerprint"], "constitution_hash": constitution.hash,
+                           "key": keys[pair.id]}
                     done[pair.id] = row
                     n_tokens += jd.prompt_tokens
                     if store is not None:
@@ -241,7 +259,9 @@ def run_judge_eval(cfg: JudgeEvalConfig, engine: Engine | None = None, force: bo
                     "too_long": len(rows) - len(judged)},
         **evaluate(judged, cfg.bins, cfg.bootstrap_samples, cfg.seed),
         # This run only (a resumed run judges only the pairs not yet in DIR/judgments.jsonl).
-        "run": {"judged": len(pending), "seconds": time.perf_counter() - t0, "judge_prompt_tokens": n_tokens},
+        # stale: judgments of an earlier run whose key no longer matched (judged again, in `judged`).
+        "run": {"judged": len(pending), "stale": len(store.stale) if store is not None else 0,
+                "seconds": time.perf_counter() - t0, "judge_prompt_tokens": n_tokens},
     }
     if cfg.out is not None:
         tmp = Path(cfg.out) / (REPORT_FILE + ".tmp")

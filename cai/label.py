@@ -14,8 +14,10 @@ Inputs (`input_kind`, detected from the input when `auto`):
 
 The pipeline, chunk by chunk: pairs -> `cai.judge.judge_pairs` (one engine call per chunk) ->
 DIR/judgments.jsonl (append-only, fsynced per chunk: `kill -9` loses at most the chunk in
-flight). When every pair is judged, the outputs are rebuilt from the judgments, so they always
-match them: prefs.jsonl (TRL's conversational preference rows with the soft label and
+flight). On resume, a stored sample or judgment whose key differs from what today's inputs give
+(an edited prompt or response text, an edited comparison question, a setting accepted with
+--force) is made again and counted as stale. When every pair is judged, the outputs are rebuilt
+from the judgments, so they always match them: prefs.jsonl (TRL's conversational preference rows with the soft label and
 provenance), ties.jsonl, rejects.jsonl, dataset/ (train_prefs / test_prefs) and summary.json.
 docs/label.md lists every column.
 """
@@ -33,17 +35,29 @@ from pathlib import Path
 from typing import Any, Literal
 
 import cai
-from cai import provenance
+from cai import models, provenance
 from cai.clean import FLAGS
 from cai.config import EngineConfig, to_jsonable
 from cai.constitution import DEFAULT_PATH, Constitution, load_constitution
 from cai.data import Reject, content_id, iter_rows, parse_messages, read_prompts, reject_too_long
 from cai.engine import Conversation, Engine, Sampling, make_engine
+from cai.engine.base import FINISHED
 from cai.errors import ConfigError, InputError, Location
 from cai.export import DATASET_DIR, PREFS_FILE, pref_row, split_rows, write_dataset
-from cai.judge import JudgeOptions, Judgment, Pair, check_options, is_tie, judge_pairs, resolve_judge_engine
+from cai.judge import (
+    JudgeOptions,
+    Judgment,
+    Pair,
+    check_options,
+    draw_principles,
+    is_tie,
+    judge_pairs,
+    judge_prompts,
+    judgment_key,
+    resolve_judge_engine,
+)
 from cai.progress import make_progress
-from cai.records import JsonlStore, open_run_dir, read_jsonl, write_jsonl_atomic
+from cai.records import JsonlStore, locked_run, open_run_dir, read_jsonl, write_jsonl_atomic
 from cai.reward import parse_dialogue
 
 RESPONSES_FILE = "responses.jsonl"
@@ -53,6 +67,10 @@ REJECTS_FILE = "rejects.jsonl"
 SUMMARY_FILE = "summary.json"
 RESPONSE_COLUMNS = (("responses",), ("chosen", "rejected"), ("response_a", "response_b"))
 """The ways a responses file may hold its responses, in the order they are looked for."""
+RESUMABLE_CHANGES = ("tie_threshold:", "keep_ties:", "test_fraction:", "split_seed:", "chunk_size:",
+                     "skip_flags:")
+"""Config fields that change no sample or judgment (only which rows the outputs hold): a resume
+may change them without --force."""
 
 
 @dataclass(frozen=True)
@@ -137,6 +155,8 @@ class Candidate:
     text: str
     ref: str
     """Source record id and which response, e.g. "p-1a2b#2", "rec7#initial", "rec7#round2"."""
+    finish_reason: str = "stop"
+    """prompts input: how the policy's sample ended; a pair with an unfinished side is a reject."""
 
 
 @dataclass(frozen=True)
@@ -177,6 +197,12 @@ class LabelSummary:
     principles: dict[str, int]
     """How often each principle judged a pair."""
     judged_now: int
+    stale: int
+    """Judgments of an earlier run whose key differs from today's inputs (an edited response text
+    or comparison question, or a setting accepted with --force): judged again (in judged_now)."""
+    resampled: int
+    """prompts input: prompts whose stored samples were stale (an edited prompt, or a policy
+    setting accepted with --force) and were sampled again."""
     prompt_tokens: int
     """Judge prompt tokens scored in this run."""
     seconds: float
@@ -315,11 +341,23 @@ def read_revise_groups(folder: Path, mode: str, skip_flags: tuple[str, ...]) -> 
     return groups, rejects
 
 
-def sample_prompt_groups(cfg: LabelConfig, store: JsonlStore, records: list, engine: Engine) -> int:
+def policy_sampling(cfg: LabelConfig) -> Sampling:
+    return Sampling(max_tokens=cfg.policy_max_tokens, temperature=cfg.policy_temperature,
+                    top_p=cfg.policy_top_p, seed=cfg.seed, n=cfg.samples_per_prompt)
+
+
+def sample_key(cfg: LabelConfig, r: Any, policy: dict[str, Any]) -> str:
+    """The key of a prompt's stored samples (or of its too-long reject): the prompt, the policy
+    (`cai.models.identity`), the sampling and the seed."""
+    seed = provenance.derive_seed(cfg.seed, r.id, "policy")
+    return provenance.key(r.messages, policy, policy_sampling(cfg).to_dict(), seed)
+
+
+def sample_prompt_groups(cfg: LabelConfig, store: JsonlStore, records: list, engine: Engine,
+                         policy: dict[str, Any]) -> int:
     """Sample `samples_per_prompt` responses for every prompt not yet in the responses store, in
     chunks (one engine call each). Returns the completion tokens generated."""
-    sampling = Sampling(max_tokens=cfg.policy_max_tokens, temperature=cfg.policy_temperature,
-                        top_p=cfg.policy_top_p, seed=cfg.seed, n=cfg.samples_per_prompt)
+    sampling = policy_sampling(cfg)
     pending = [r for r in records if r.id not in store]
     tokens = 0
     if not pending:
@@ -339,8 +377,8 @@ def sample_prompt_groups(cfg: LabelConfig, store: JsonlStore, records: list, eng
                     "id": r.id, "status": "sampled", "prompt": r.conversation, "responses": [c.text for c in comps],
                     "finish_reasons": [c.finish_reason for c in comps],
                     "completion_tokens": [c.completion_tokens for c in comps], "source": r.source,
-                    **provenance.stamp(engine.model_name, sampling.to_dict(), seed),
-                    "key": provenance.key(r.messages, engine.model_name, sampling.to_dict(), seed),
+                    **provenance.stamp(policy, sampling.to_dict(), seed),
+                    "key": sample_key(cfg, r, policy),
                 })
                 tokens += sum(c.completion_tokens for c in comps)
             store.flush()
@@ -356,7 +394,12 @@ def form_pairs(groups: list[Group]) -> tuple[list[tuple[Pair, Group, int, int]],
         for i, j in g.pairs:
             a, b = g.candidates[i], g.candidates[j]
             pid = f"{g.id}/{i}-{j}"
-            if not a.text.strip() or not b.text.strip():
+            unfinished = [c for c in (a, b) if c.finish_reason not in FINISHED]
+            if unfinished:
+                rejects.append(Reject(pid, g.source, f"response {unfinished[0].ref} ended with finish reason "
+                                      f"{unfinished[0].finish_reason!r}, not a finished answer",
+                                      "delete its line from responses.jsonl to sample it again"))
+            elif not a.text.strip() or not b.text.strip():
                 rejects.append(Reject(pid, g.source, "empty response", "empty responses cannot be compared"))
             elif a.text.strip() == b.text.strip():
                 identical += 1
@@ -368,19 +411,26 @@ def form_pairs(groups: list[Group]) -> tuple[list[tuple[Pair, Group, int, int]],
 # --- The job -------------------------------------------------------------------------------------
 
 
+@locked_run
 def run_label(cfg: LabelConfig, judge_engine: Engine | None = None, policy_engine: Engine | None = None,
               force: bool = False) -> LabelSummary:
     """Run (or resume) a label job. Engines are made from the config unless given; engines made
     here are closed here."""
     constitution = load_constitution(cfg.constitution)
     check_options(constitution, cfg.judging)
-    out = open_run_dir(cfg.out, cfg, force)
     kind = cfg.input_kind if cfg.input_kind != "auto" else detect_kind(cfg.input, cfg.prompt_column)
+    judge = models.identity(resolve_judge_engine(cfg.judge), judge_engine, context=True)
+    policy = models.identity(*_policy(cfg, judge_engine, policy_engine)) if kind == "prompts" else None
+    inputs = {"judge_fingerprint": judge["fingerprint"], "judge_prompts": judge_prompts(constitution)}
+    if policy is not None:
+        inputs["policy_fingerprint"] = policy["fingerprint"]
+    out = open_run_dir(cfg.out, cfg, force, inputs=inputs, resumable=RESUMABLE_CHANGES, records=JUDGMENTS_FILE)
     t0 = time.perf_counter()
     owned: list[Engine] = []
+    resampled = 0
     try:
         if kind == "prompts":
-            groups, rejects = _prompt_groups(cfg, out, judge_engine, policy_engine, owned)
+            groups, rejects, resampled = _prompt_groups(cfg, out, judge_engine, policy_engine, owned, policy)
             if policy_engine is None and cfg.policy is not None and cfg.policy != cfg.judge:
                 # Free the policy model before the judge loads (both may not fit at once).
                 for e in owned:
@@ -393,18 +443,28 @@ def run_label(cfg: LabelConfig, judge_engine: Engine | None = None, policy_engin
         pairs, pair_rejects, identical = form_pairs(groups)
         rejects += pair_rejects
 
-        store = JsonlStore(out / JUDGMENTS_FILE)
+        keys = {p.id: judgment_key(p, draw_principles(constitution, cfg.judging, cfg.seed, p.id), judge,
+                                   constitution, cfg.judging, cfg.seed) for p, _, _, _ in pairs}
+        store = JsonlStore(out / JUDGMENTS_FILE, current_keys=keys)
         pending = [item for item in pairs if item[0].id not in store]
         judged_now = n_tokens = 0
         with store:
             if pending:
                 engine = judge_engine or (owned[0] if owned else _make(resolve_judge_engine(cfg.judge), owned))
-                judged_now, n_tokens = _judge_all(cfg, constitution, engine, pending, store)
+                judged_now, n_tokens = _judge_all(cfg, constitution, engine, judge, pending, store)
     finally:
         for e in owned:
             e.close()
-    return _finish(cfg, constitution, out, groups, pairs, rejects, identical, judged_now, n_tokens,
-                   time.perf_counter() - t0)
+    return _finish(cfg, constitution, out, groups, pairs, rejects, identical,
+                   {"judged_now": judged_now, "stale": len(store.stale), "resampled": resampled,
+                    "prompt_tokens": n_tokens, "seconds": time.perf_counter() - t0})
+
+
+def _policy(cfg: LabelConfig, judge_engine: Engine | None,
+            policy_engine: Engine | None) -> tuple[EngineConfig, Engine | None]:
+    """The policy's engine config and the engine that samples with it, if one is given."""
+    same = cfg.policy is None or cfg.policy == cfg.judge
+    return cfg.policy or resolve_judge_engine(cfg.judge), policy_engine or (judge_engine if same else None)
 
 
 def _make(engine_cfg: EngineConfig, owned: list[Engine]) -> Engine:
@@ -414,19 +474,21 @@ def _make(engine_cfg: EngineConfig, owned: list[Engine]) -> Engine:
 
 
 def _prompt_groups(cfg: LabelConfig, out: Path, judge_engine: Engine | None, policy_engine: Engine | None,
-                   owned: list[Engine]) -> tuple[list[Group], list[Reject]]:
-    """prompts input: sample the responses (stored first, so a resume reuses them), then group."""
+                   owned: list[Engine], policy: dict[str, Any]) -> tuple[list[Group], list[Reject], int]:
+    """prompts input: sample the responses (stored first, so a resume reuses them), then group.
+    Stored samples of an edited prompt (or another policy) are stale and sampled again."""
     records, rejects = read_prompts(cfg.input, cfg.prompt_column, cfg.id_column)
-    with JsonlStore(out / RESPONSES_FILE) as store:
+    keys = {r.id: sample_key(cfg, r, policy) for r in records}
+    with JsonlStore(out / RESPONSES_FILE, current_keys=keys) as store:
         if any(r.id not in store for r in records):
-            same = cfg.policy is None or cfg.policy == cfg.judge
-            engine = policy_engine or (judge_engine if same else None) or _make(
-                cfg.policy or resolve_judge_engine(cfg.judge), owned)
+            policy_cfg, given = _policy(cfg, judge_engine, policy_engine)
+            engine = given or _make(policy_cfg, owned)
             fits, too_long = reject_too_long([r for r in records if r.id not in store], engine,
                                              cfg.policy_max_tokens)
             # Stored too, so that a resumed job reports the same rejects without a model.
-            store.extend({"id": r.id, "status": "rejected", **r.to_dict()} for r in too_long)
-            sample_prompt_groups(cfg, store, fits, engine)
+            store.extend({"id": r.id, "status": "rejected", **r.to_dict(), "key": keys[r.id]} for r in too_long)
+            sample_prompt_groups(cfg, store, fits, engine, policy)
+        resampled = len(store.stale)
     stored = {rec["id"]: rec for rec in read_jsonl(out / RESPONSES_FILE)}
     pairs = pair_indices(cfg.samples_per_prompt, cfg.pairing)
     groups = []
@@ -435,12 +497,15 @@ def _prompt_groups(cfg: LabelConfig, out: Path, judge_engine: Engine | None, pol
         if rec.get("status") == "rejected":
             rejects.append(Reject(r.id, r.source, rec["reason"], rec["fix"]))
             continue
-        cands = tuple(Candidate(t.strip(), f"{r.id}#{i}") for i, t in enumerate(rec["responses"]))
+        finish = rec.get("finish_reasons") or ["stop"] * len(rec["responses"])
+        cands = tuple(Candidate(t.strip(), f"{r.id}#{i}", f)
+                      for i, (t, f) in enumerate(zip(rec["responses"], finish, strict=True)))
         groups.append(Group(r.id, r.conversation, cands, pairs, r.source))
-    return groups, rejects
+    return groups, rejects, resampled
 
 
-def _judge_all(cfg: LabelConfig, c: Constitution, engine: Engine, pending: list, store: JsonlStore) -> tuple[int, int]:
+def _judge_all(cfg: LabelConfig, c: Constitution, engine: Engine, judge: dict[str, Any], pending: list,
+               store: JsonlStore) -> tuple[int, int]:
     n_tokens = 0
     with make_progress("pairs") as progress:
         task = progress.add_task("judge", total=len(pending), tokens=0)
@@ -448,17 +513,16 @@ def _judge_all(cfg: LabelConfig, c: Constitution, engine: Engine, pending: list,
             chunk = pending[start:start + cfg.chunk_size]
             judgments = judge_pairs(engine, c, [p for p, _, _, _ in chunk], cfg.judging, cfg.seed)
             for (pair, group, i, j), jd in zip(chunk, judgments, strict=True):
-                store.append(_judgment_record(cfg, c, engine, pair, group, i, j, jd))
+                store.append(_judgment_record(cfg, c, judge, pair, group, i, j, jd))
                 n_tokens += jd.prompt_tokens
             store.flush()
             progress.update(task, advance=len(chunk), tokens=n_tokens)
     return len(pending), n_tokens
 
 
-def _judgment_record(cfg: LabelConfig, c: Constitution, engine: Engine, pair: Pair, group: Group, i: int, j: int,
-                     jd: Judgment) -> dict[str, Any]:
+def _judgment_record(cfg: LabelConfig, c: Constitution, judge: dict[str, Any], pair: Pair, group: Group, i: int,
+                     j: int, jd: Judgment) -> dict[str, Any]:
     """The raw judgment, with everything needed to rebuild its preference row and its provenance."""
-    judge_spec = to_jsonable(cfg.judging)
     return {
         "id": pair.id,
         "group_id": group.id,
@@ -468,17 +532,15 @@ def _judgment_record(cfg: LabelConfig, c: Constitution, engine: Engine, pair: Pa
         "x_ref": group.candidates[i].ref,
         "y_ref": group.candidates[j].ref,
         **jd.to_dict(),
-        "judge_model": engine.model_name,
+        "judge_model": judge["model"],
+        "judge_fingerprint": judge["fingerprint"],
+        "judge_engine": {k: judge[k] for k in ("backend", "dtype", "max_model_len")},
         "constitution": {"name": c.name, "version": c.version, "hash": c.hash},
-        "judging": judge_spec,
+        "judging": to_jsonable(cfg.judging),
         "seed": cfg.seed,
         "cai_version": cai.__version__,
-        # Everything that decides the verdict: a later pipeline re-judges a pair exactly when
-        # this changes (the texts, the judge, the principles drawn, the judge template and
-        # few-shot examples, the options).
-        "key": provenance.key(pair.conversation, pair.x, pair.y, engine.model_name,
-                              [p.hash for p in jd.principles], c.templates.judge, c.templates.judge_answer,
-                              to_jsonable(c.comparison_examples), judge_spec),
+        # A later resume re-judges the pair exactly when this changes (judgment_key).
+        "key": judgment_key(pair, jd.principles, judge, c, cfg.judging, cfg.seed),
     }
 
 
@@ -526,7 +588,9 @@ def preference_features():
 
 
 def _finish(cfg: LabelConfig, c: Constitution, out: Path, groups: list[Group], pairs: list, rejects: list[Reject],
-            identical: int, judged_now: int, n_tokens: int, seconds: float) -> LabelSummary:
+            identical: int, run: dict[str, Any]) -> LabelSummary:
+    """Rebuild every output from the judgments; `run`: this run's counts (judged_now, stale,
+    resampled, prompt_tokens, seconds)."""
     wanted = {p.id for p, _, _, _ in pairs}
     by_id = {j["id"]: j for j in read_jsonl(out / JUDGMENTS_FILE) if j["id"] in wanted}
     judged = [by_id[p.id] for p, _, _, _ in pairs if by_id[p.id]["status"] == "judged"]
@@ -554,7 +618,7 @@ def _finish(cfg: LabelConfig, c: Constitution, out: Path, groups: list[Group], p
         first_position_rate=_mean(p > 0.5 for p in orders),
         option_mass=_mean(masses),
         principles=dict(Counter(pid for j in judged for pid in j["principles"]).most_common()),
-        judged_now=judged_now, prompt_tokens=n_tokens, seconds=seconds, out=out,
+        **run, out=out,
     )
     tmp = out / (SUMMARY_FILE + ".tmp")
     tmp.write_text(json.dumps(summary.to_dict(), indent=2) + "\n")

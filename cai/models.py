@@ -9,12 +9,14 @@ half-way, never leave a broken model behind.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from cai.errors import ModelNotFoundError
 
@@ -62,7 +64,14 @@ def prepare_default(force: bool = False) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{DEFAULT_MODEL_DIRNAME}.tmp-", dir=final.parent))
     tmp.chmod(0o755)  # mkdtemp makes it private; the prepared model is for every user of the cache
     try:
-        _convert_gguf(gguf, tmp)
+        try:
+            _convert_gguf(gguf, tmp)
+        except Exception as e:  # transformers and gguf raise many types; the message is what helps
+            raise ModelNotFoundError(
+                f"converting the embedded model {gguf} into a Hugging Face folder failed: {type(e).__name__}: {e}",
+                fix="check that transformers, gguf and torch are the versions of requirements/cpu-lock.txt, "
+                    "and that the cache folder is writable (or pass --model with a local HF folder)",
+            ) from e
         (tmp / MARKER).write_text(json.dumps({"source": str(gguf), "format": "gguf->safetensors fp32"}))
         if force and final.exists():
             shutil.rmtree(final)
@@ -131,10 +140,66 @@ def resolve(name: str, prepare: bool = True) -> str:
                                  allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"])
     except Exception as e:  # the hub raises many error types for "not here"
         how = ("HF_HUB_OFFLINE=1 is set and it is not in the local Hugging Face cache"
-               if offline else f"it could not be fetched ({type(e).__name__})")
+               if offline else f"it could not be fetched ({type(e).__name__}: {e})")
         raise ModelNotFoundError(
             f"model {name!r} was looked for as a local folder and as a hub id: {how}",
             fix=("pass a local model folder, use --model default (the embedded model; "
                  "`cai models prepare default`), or download it where you have a network "
                  f"(huggingface-cli download {name}) and copy the cache here"),
         ) from e
+
+
+# --- Fingerprints --------------------------------------------------------------------------------
+
+FINGERPRINT_FILES = (
+    "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json",
+    "special_tokens_map.json", "added_tokens.json", "vocab.json", "merges.txt", "tokenizer.model",
+    "chat_template.jinja", "chat_template.json", "model.safetensors.index.json", "pytorch_model.bin.index.json",
+)
+"""Small files of a model folder hashed whole: architecture, tokenizer, chat template, weights index."""
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
+SAMPLES_PER_WEIGHT_FILE = 8
+SAMPLE_BYTES = 64 * 1024
+"""Weights are not read whole (gigabytes): each file contributes its size and 8 slices of 64 KiB
+spread over it, the first holding the safetensors header (names, dtypes, shapes). Training
+changes nearly every byte, so a fine-tuned copy saved over the same folder differs in the
+slices even where the header is the same."""
+
+
+def fingerprint(folder: str | Path) -> str | None:
+    """A cheap content hash of a model folder: what changes a model's outputs without changing its
+    name (re-converted, fine-tuned in place, another tokenizer or chat template). None for a hub id
+    that is not a local folder."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return None
+    h = hashlib.sha256()
+    for path in sorted(folder.iterdir()):
+        if not path.is_file():
+            continue
+        if path.name in FINGERPRINT_FILES:
+            h.update(f"{path.name}\0".encode() + path.read_bytes())
+        elif path.suffix in WEIGHT_SUFFIXES:
+            size = path.stat().st_size
+            h.update(f"{path.name}\0{size}\0".encode())
+            with path.open("rb") as f:
+                for k in range(SAMPLES_PER_WEIGHT_FILE):
+                    f.seek(k * max(0, size - SAMPLE_BYTES) // max(1, SAMPLES_PER_WEIGHT_FILE - 1))
+                    h.update(f.read(SAMPLE_BYTES))
+    return h.hexdigest()[:16]
+
+
+def identity(cfg: Any, engine: Any = None, context: bool = False) -> dict[str, Any]:
+    """What a stage records about the model that made its outputs: the name, the folder's
+    fingerprint, and the engine settings that change outputs (backend, dtype; with `context`
+    also max_model_len, which decides what a judge can score). `cfg` is an EngineConfig; a given
+    `engine` (one already running) names the model itself, and its `fingerprint` attribute (set by
+    `make_engine`) stands for the folder's."""
+    if engine is not None:
+        name, fp = engine.model_name, getattr(engine, "fingerprint", None)
+    else:
+        name, fp = display_name(cfg.model), fingerprint(resolve(cfg.model))
+    out = {"model": name, "fingerprint": fp, "backend": cfg.backend, "dtype": cfg.dtype}
+    if context:
+        out["max_model_len"] = engine.max_model_len if engine is not None else cfg.max_model_len
+    return out

@@ -709,6 +709,7 @@ def _samples_markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+@records.locked_run  # one job per run folder (cai.records.RunLock)
 def train_ppo(cfg: PPOConfig, *, force: bool = False, progress: bool = True, rollout_engine: Engine | None = None,
               judge_engine: Engine | None = None,
               on_step: Callable[[int, dict[str, float]], None] | None = None) -> dict[str, Any]:

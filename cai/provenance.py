@@ -9,8 +9,12 @@ from typing import Any
 import cai
 
 
-def stamp(model: str, sampling: dict[str, Any], seed: int) -> dict[str, Any]:
-    return {"model": model, "sampling": sampling, "seed": seed, "cai_version": cai.__version__}
+def stamp(model: dict[str, Any], sampling: dict[str, Any], seed: int) -> dict[str, Any]:
+    """The provenance fields of a record. `model` is `cai.models.identity`: the model's name, its
+    folder's fingerprint and the engine settings that change outputs."""
+    return {"model": model["model"], "model_fingerprint": model["fingerprint"],
+            "engine": {k: v for k, v in model.items() if k not in ("model", "fingerprint")},
+            "sampling": sampling, "seed": seed, "cai_version": cai.__version__}
 
 
 def key(*parts: Any) -> str:

@@ -2,18 +2,29 @@
 
 Crash safety: finished records are appended and flushed (and fsynced) in chunks, so `kill -9`
 loses at most the records of the chunk in flight. On resume a torn last line (a write cut
-short) is cut off with a warning, and the ids already present are skipped. A run folder keeps
-the resolved config; resuming with a different one is refused with the list of differences.
+short) is cut off with a warning, and the ids already present are skipped.
+
+Resume means the same inputs (docs/architecture.md, "Resume"): a run folder keeps the resolved
+config and the run-wide inputs it cannot show (a model folder's fingerprint, the cleaning
+version, the shared prompts of a constitution); resuming with different ones is refused with the
+list of differences unless `force`. Per record, the store compares each stored `key` with the key
+of today's inputs: a stale record is dropped from the file and made again.
+
+One writer per run folder: `RunLock` holds an exclusive `flock` on DIR/.cai.lock for the whole
+job; the OS releases it when the process ends, also by `kill -9`. A store that finds an id twice
+on disk (two writers without the lock) refuses to open, naming the lines.
 """
 
 from __future__ import annotations
 
+import fcntl
+import functools
 import json
 import os
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
@@ -79,18 +90,26 @@ def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
 
 
 class JsonlStore:
-    """Append-only JSONL records keyed by `id`, flushed and fsynced in chunks."""
+    """Append-only JSONL records keyed by `id`, flushed and fsynced in chunks.
 
-    def __init__(self, path: Path, key: str = "id", flush_every: int = 1):
+    `current_keys` (id -> the key today's inputs give that record): a stored record whose `key`
+    differs is stale; it is removed from the file (rewritten atomically, the other lines kept
+    byte for byte) so that its id is made again. `stale` lists the ids removed."""
+
+    def __init__(self, path: Path, key: str = "id", flush_every: int = 1,
+                 current_keys: Mapping[str, str] | None = None):
         self.path = Path(path)
         self.key = key
         self.flush_every = flush_every
         self.path.parent.mkdir(parents=True, exist_ok=True)
         repair_torn_tail(self.path)
         self.done: set[str] = set()
+        self.stale: list[str] = []
         if self.path.exists():
-            for rec in read_jsonl(self.path):
-                self.done.add(str(rec[key]))
+            lines = _indexed_lines(self.path, key)
+            if current_keys is not None:
+                self.stale = _drop_stale(self.path, lines, current_keys)
+            self.done = {rid for rid, _, _ in lines} - set(self.stale)
         self._pending: list[str] = []
         self._f = self.path.open("a", encoding="utf-8")
 
@@ -134,6 +153,42 @@ class JsonlStore:
         self.close()
 
 
+def _indexed_lines(path: Path, key: str) -> list[tuple[str, str, dict[str, Any]]]:
+    """(id, raw line, record) of every record; an id found twice is an error naming its lines
+    (two processes wrote into one folder without the run lock, e.g. an older cai)."""
+    out, seen = [], {}
+    with path.open(encoding="utf-8") as f:
+        raw = [line for line in f if line.strip()]
+    for lineno, (line, rec) in enumerate(zip(raw, read_jsonl(path), strict=True), 1):
+        rid = str(rec[key])
+        seen.setdefault(rid, []).append(lineno)
+        out.append((rid, line, rec))
+    twice = {rid: lines for rid, lines in seen.items() if len(lines) > 1}
+    if twice:
+        shown = "; ".join(f"{rid!r} on lines {', '.join(map(str, lines))}" for rid, lines in list(twice.items())[:5])
+        more = f" (and {len(twice) - 5} more ids)" if len(twice) > 5 else ""
+        raise ResumeError(
+            f"{len(twice)} record id(s) appear more than once: {shown}{more}. Two processes wrote into this "
+            "run at the same time",
+            Location(str(path), next(iter(twice.values()))[1]),
+            fix="keep the first line of each id and delete the later ones, or start again in a new --out folder",
+        )
+    return out
+
+
+def _drop_stale(path: Path, lines: list[tuple[str, str, dict[str, Any]]], current: Mapping[str, str]) -> list[str]:
+    stale = [rid for rid, _, rec in lines if rid in current and rec.get("key") != current[rid]]
+    if stale:
+        gone = set(stale)
+        tmp = path.with_name(path.name + ".tmp")
+        with tmp.open("w", encoding="utf-8") as f:
+            f.writelines(line for rid, line, _ in lines if rid not in gone)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+    return stale
+
+
 def write_jsonl_atomic(path: Path, records: Iterable[dict[str, Any]]) -> int:
     """Write a whole JSONL file through a temporary file and a rename (exports, reports)."""
     path = Path(path)
@@ -151,22 +206,121 @@ def write_jsonl_atomic(path: Path, records: Iterable[dict[str, Any]]) -> int:
 
 
 CONFIG_FILE = "config.yaml"
+INPUTS_FILE = "inputs.json"
+"""Run-wide inputs a config cannot show (model fingerprints, the cleaning version, ...)."""
+LOCK_FILE = ".cai.lock"
 
 
-def open_run_dir(out: Path, config: Any, force: bool = False) -> Path:
-    """Create or resume a run folder. The resolved config is saved as config.yaml; resuming with
-    a different config is refused (the user picks a new folder or passes --force)."""
+def open_run_dir(out: Path, config: Any, force: bool = False, *, inputs: dict[str, Any] | None = None,
+                 resumable: tuple[str, ...] = (), records: str | None = None) -> Path:
+    """Create or resume a run folder. The resolved config is saved as config.yaml and `inputs`
+    as inputs.json; resuming with a different config or different inputs is refused with each
+    difference (field: old -> new) unless `force`, which accepts them (the stage then makes again
+    every record whose key they change).
+
+    `resumable`: config fields (prefixes, e.g. "export.") that change no record, so they may
+    change freely. `records`: the stage's records file; while it is empty (a run that failed to
+    start, e.g. on a mistyped model name) the folder takes any config."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / CONFIG_FILE
     new = cfg.to_jsonable(config)
-    if path.exists() and not force:
+    has_records = records is None or ((out / records).exists() and (out / records).stat().st_size > 0)
+    if path.exists() and not force and has_records:
         old = yaml.safe_load(path.read_text()) or {}
-        changes = cfg.diff(old, new)
+        changes = [c for c in cfg.diff(old, new) if not c.startswith(resumable)]
+        if inputs is not None:
+            old_inputs = _read_inputs(out)
+            changes += (["inputs: this folder's records were made by an older cai version, which did not record "
+                         "them"] if old_inputs is None else
+                        [f"inputs.{c}" for c in cfg.diff(old_inputs, cfg.to_jsonable(inputs))])
         if changes:
             raise ResumeError(
                 f"{out} holds a run made with a different config:\n    " + "\n    ".join(changes),
-                fix="choose a new --out folder, or pass --force to continue there with the new config",
+                fix="choose a new --out folder, or pass --force to continue there with the new config "
+                    "(records it changes are made again; the others are kept)",
             )
     cfg.save(config, path)
+    if inputs is not None:
+        tmp = out / (INPUTS_FILE + ".tmp")
+        tmp.write_text(json.dumps(cfg.to_jsonable(inputs), indent=2, sort_keys=True) + "\n")
+        tmp.replace(out / INPUTS_FILE)
     return out
+
+
+def _read_inputs(out: Path) -> dict[str, Any] | None:
+    path = out / INPUTS_FILE
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+# --- One writer per run folder ---------------------------------------------------------------------
+
+
+class RunLockedError(ResumeError):
+    """Another process is writing into the same run folder."""
+
+
+class RunLock:
+    """An exclusive, non-blocking `flock` on a lock file, held for a whole job.
+
+    flock locks belong to an open file, so the OS drops them when the holder's process ends in
+    any way (`kill -9` included): a crashed job never leaves its folder locked. The holder's pid is
+    written into the file so that a refused process can name it."""
+
+    def __init__(self, path: Path, what: str | None = None):
+        self.path = Path(path)
+        self.what = what or str(self.path.parent)
+        self._f = None
+
+    def acquire(self) -> RunLock:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        f = self.path.open("a+", encoding="utf-8")
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            pid = f.read().strip()
+            f.close()
+            raise RunLockedError(
+                f"{self.what} is in use by another cai process" + (f" (pid {pid})" if pid else "")
+                + "; two jobs writing into one run would duplicate its records",
+                fix="wait for that job to finish (or stop it), or use another --out",
+            ) from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        self._f = f
+        return self
+
+    def release(self) -> None:
+        if self._f is not None:
+            self._f.close()  # closing the file drops the lock
+            self._f = None
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def lock_run_dir(folder: Path) -> RunLock:
+    """The lock of a run folder (DIR/.cai.lock), not yet taken: use it in a `with`."""
+    return RunLock(Path(folder) / LOCK_FILE, str(folder))
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def locked_run(fn: F) -> F:
+    """Hold the run lock of `cfg.out` (the first argument's) while a stage function runs."""
+
+    @functools.wraps(fn)
+    def wrapper(cfg: Any, *args: Any, **kwargs: Any) -> Any:
+        if getattr(cfg, "out", None) in (None, ""):
+            return fn(cfg, *args, **kwargs)  # nothing is written (or the config check will say so)
+        with lock_run_dir(Path(cfg.out)):
+            return fn(cfg, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]

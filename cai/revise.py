@@ -14,7 +14,11 @@ and a resumed job samples exactly what the uninterrupted one would have.
 
 A run folder (`out`) holds:
     config.yaml    the resolved config (a resume with a different one is refused)
-    records.jsonl  one record per prompt id, appended and fsynced chunk by chunk
+    inputs.json    the model folder's fingerprint, the cleaning version and the constitution's
+                   shared prompts (a resume with different ones is refused too)
+    records.jsonl  one record per prompt id, appended and fsynced chunk by chunk; on resume a
+                   record whose key differs from today's inputs (an edited prompt or principle)
+                   is made again
     rejects.jsonl  input rows that cannot be used, with the reason and a fix
     sft.jsonl, prefs.jsonl, dataset/   the exports, rebuilt from records.jsonl at the end
     summary.json   counts, tokens, time, principle usage
@@ -25,21 +29,18 @@ from __future__ import annotations
 
 import json
 import time
-import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from cai import config, models, provenance
-from cai.clean import clean
+from cai.clean import CLEAN_VERSION, clean
 from cai.config import EngineConfig
 from cai.constitution import DEFAULT_PATH, Constitution, Principle, load_constitution
 from cai.data import PromptRecord, read_prompts, reject_too_long
 from cai.engine import Completion, Engine, Sampling, make_engine
-from cai.errors import ConfigError, EngineError, ResumeError
+from cai.errors import ConfigError, EngineError
 from cai.export import ExportConfig, ExportSummary, export_revisions
 from cai.progress import make_progress
 from cai.prompts import (
@@ -48,20 +49,11 @@ from cai.prompts import (
     revision_conversation,
     with_critique,
 )
-from cai.records import (
-    CONFIG_FILE,
-    JsonlStore,
-    open_run_dir,
-    read_jsonl,
-    repair_torn_tail,
-    write_jsonl_atomic,
-)
+from cai.records import JsonlStore, lock_run_dir, open_run_dir, read_jsonl, write_jsonl_atomic
 
 RECORDS_FILE = "records.jsonl"
 REJECTS_FILE = "rejects.jsonl"
 SUMMARY_FILE = "summary.json"
-CONSTITUTION_FILE = "constitution.json"
-"""The fingerprint of the principle file the records were made with (hashes per principle)."""
 CONTEXT_MARGIN_PER_TEXT = 8
 """Tokens of slack per generated text in the context budget: a decoded text can re-encode to a
 few more tokens than were generated (e.g. a multi-byte character cut by max_tokens)."""
@@ -154,8 +146,8 @@ class ReviseSummary:
     flags: dict[str, int]
     """Flagged texts by flag ("truncated", ...), over all records."""
     stale: int
-    """Records kept from an earlier run whose key differs from what this config would make
-    (only with --force)."""
+    """Records of an earlier run whose key differs from what today's inputs make (an edited
+    prompt or principle, or a setting accepted with --force): they were made again (in `done`)."""
     principle_usage: dict[str, int]
     """How often each principle was drawn, over all records and rounds."""
     steps: dict[str, StepStats]
@@ -174,14 +166,20 @@ class ReviseSummary:
 def run_revise(cfg: ReviseConfig, engine: Engine | None = None, *, force: bool = False,
                progress: bool = True) -> ReviseSummary:
     """Run (or resume) a revise job; returns its summary. `engine` overrides `cfg.engine`."""
-    # 1. Inputs, checked before anything slow: a bad file fails in a second, not after a load.
+    # 1. Inputs, checked before anything slow or written: a bad file fails in a second.
     inputs, rejects = read_prompts(cfg.prompts, cfg.prompt_column, cfg.id_column, cfg.split)
     constitution = load_constitution(cfg.constitution)
-    out = _open_run_dir(cfg, force)
-    model_name = engine.model_name if engine is not None else models.display_name(cfg.engine.model)
+    with lock_run_dir(cfg.out):  # one job per run folder, or records are made twice
+        return _run(cfg, engine, inputs, rejects, constitution, force, progress)
+
+
+def _run(cfg: ReviseConfig, engine: Engine | None, inputs: list[PromptRecord], rejects: list,
+         constitution: Constitution, force: bool, progress: bool) -> ReviseSummary:
+    model = models.identity(cfg.engine, engine)
+    out = open_run_dir(cfg.out, cfg, force, inputs=run_inputs(constitution, model),
+                       resumable=RESUMABLE_CHANGES, records=RECORDS_FILE)
     samplings = response_sampling(cfg), critique_sampling(cfg)
-    _check_constitution(out, constitution, force)
-    stale = _count_stale(out / RECORDS_FILE, inputs, constitution, model_name, samplings, cfg)
+    keys = current_keys(inputs, constitution, model, samplings, cfg)
 
     own_engine = engine is None
     engine = engine or make_engine(cfg.engine)
@@ -193,16 +191,17 @@ def run_revise(cfg: ReviseConfig, engine: Engine | None = None, *, force: bool =
         write_jsonl_atomic(out / REJECTS_FILE, [r.to_dict() for r in rejects])
 
         # 3. The chains, chunk by chunk; each finished chunk is appended and fsynced.
-        store = JsonlStore(out / RECORDS_FILE, flush_every=cfg.chunk_size + 1)
+        # Records whose key differs from today's are dropped here and made again with the rest.
+        store = JsonlStore(out / RECORDS_FILE, flush_every=cfg.chunk_size + 1, current_keys=keys)
         pending = [r for r in inputs if r.id not in store]
-        skipped = len(inputs) - len(pending)
+        skipped, stale = len(inputs) - len(pending), len(store.stale)
         steps: dict[str, StepStats] = {name: StepStats() for name in step_names(cfg)}
         t0 = time.perf_counter()
         with store, make_progress("records", console=None if progress else _quiet()) as bars:
             tasks = {name: bars.add_task(name, total=len(pending), tokens=0) for name in steps}
             runner = _ChunkRunner(engine, constitution, cfg, samplings, steps, bars, tasks)
             for start in range(0, len(pending), cfg.chunk_size):
-                store.extend(runner.run(pending[start : start + cfg.chunk_size], model_name))
+                store.extend(runner.run(pending[start : start + cfg.chunk_size], model))
         seconds = time.perf_counter() - t0
     finally:
         if own_engine:
@@ -269,7 +268,7 @@ class _ChunkRunner:
         # The few-shot answers every prompt shows: an output that copies one is flagged.
         self.fewshot = tuple(t for e in constitution.critique_examples for t in (e.response, e.critique, e.revision))
 
-    def run(self, chunk: list[PromptRecord], model_name: str) -> list[dict[str, Any]]:
+    def run(self, chunk: list[PromptRecord], model: dict[str, Any]) -> list[dict[str, Any]]:
         chains = [_Chain(r, r.conversation) for r in chunk]
         # Initial responses.
         outs = self.generate("initial", [ch.history for ch in chains], self.response_sampling,
@@ -298,7 +297,7 @@ class _ChunkRunner:
                 ch.rounds.append({"round": k, "principle": p.id, "principle_hash": p.hash,
                                   "critique": crit, "revision": rev})
                 ch.history = next_history(self.c, ch.history, p, crit_text, prompt[-1], rev_text)
-        return [self.record(ch, model_name) for ch in chains]
+        return [self.record(ch, model) for ch in chains]
 
     def seed(self, ch: _Chain, round: int, step: str) -> int:
         return provenance.derive_seed(self.cfg.seed, ch.prompt.id, round, step)
@@ -323,7 +322,7 @@ class _ChunkRunner:
         self.bars.update(self.tasks[name], advance=len(prompts), tokens=self.steps[name].completion_tokens)
         return results
 
-    def record(self, ch: _Chain, model_name: str) -> dict[str, Any]:
+    def record(self, ch: _Chain, model: dict[str, Any]) -> dict[str, Any]:
         flags = [f"initial:{f}" for f in ch.initial["flags"]]
         for rnd in ch.rounds:
             for step in ("critique", "revision"):
@@ -340,8 +339,9 @@ class _ChunkRunner:
             "flags": flags,
             "direct": self.cfg.direct,
             "constitution": {"name": self.c.name, "version": self.c.version, "hash": self.c.hash},
-            **provenance.stamp(model_name, samplings, self.cfg.seed),
-            "key": record_key(ch.prompt.conversation, self.c, ch.principles, model_name, samplings, self.cfg),
+            **provenance.stamp(model, samplings, self.cfg.seed),
+            "clean_version": CLEAN_VERSION,
+            "key": record_key(ch.prompt.conversation, self.c, ch.principles, model, samplings, self.cfg),
         }
 
 
@@ -381,16 +381,24 @@ def sampling_dicts(response: Sampling, critique: Sampling) -> dict[str, Any]:
     return {"response": response.to_dict(), "critique": critique.to_dict()}
 
 
-def record_key(messages: list[dict[str, str]], c: Constitution, principles: list[Principle], model: str,
-               samplings: dict[str, Any], cfg: ReviseConfig) -> str:
-    """The key of everything a record is made from. Of the constitution it takes only what
-    shapes this record: the templates and few-shot transcripts every prompt shows, the table the
-    principles are drawn from (ids and weights), and the hashes of the principles this chain
-    drew. So editing one principle's text changes the keys of exactly the records that used it;
-    the whole-constitution hash (stamped in every record too) would change them all."""
-    f = constitution_fingerprint(c)
-    return provenance.key("revise", messages, f["prompts"], f["draws"], [p.hash for p in principles],
-                          cfg.rounds, cfg.direct, model, samplings, cfg.seed)
+def record_key(messages: list[dict[str, str]], c: Constitution, principles: list[Principle],
+               model: dict[str, Any], samplings: dict[str, Any], cfg: ReviseConfig) -> str:
+    """The key of everything a record is made from: the prompt, the templates and few-shot
+    transcripts every prompt shows, what revise reads of the principles this chain drew (id,
+    critique, revision: `Principle.revise_hash`, not the judge's question), the model (name,
+    folder fingerprint, backend, dtype: `cai.models.identity`), sampling, seed and the cleaning
+    version. The draws themselves depend on the weights table, so an added principle or a new
+    weight makes stale exactly the records that now draw another principle."""
+    return provenance.key("revise", messages, constitution_prompts(c), [p.revise_hash for p in principles],
+                          cfg.rounds, cfg.direct, model, samplings, cfg.seed, CLEAN_VERSION)
+
+
+def current_keys(inputs: list[PromptRecord], c: Constitution, model: dict[str, Any],
+                 samplings: tuple[Sampling, Sampling], cfg: ReviseConfig) -> dict[str, str]:
+    """The key each input's record has when made from today's inputs (id -> key)."""
+    sd = sampling_dicts(*samplings)
+    return {r.id: record_key(r.conversation, c, [c.sample(cfg.seed, r.id, k) for k in range(1, cfg.rounds + 1)],
+                             model, sd, cfg) for r in inputs}
 
 
 # --- Context budget ----------------------------------------------------------------------------
@@ -430,98 +438,24 @@ def context_budget(c: Constitution, engine: Engine, cfg: ReviseConfig) -> int:
 # --- Resume ------------------------------------------------------------------------------------
 
 
-def _open_run_dir(cfg: ReviseConfig, force: bool) -> Path:
-    """open_run_dir, except that a folder without records yet (a run that failed to start, e.g.
-    on a mistyped model name) takes the new config, and so do changes to fields that change no
-    record (RESUMABLE_CHANGES)."""
-    path = Path(cfg.out) / CONFIG_FILE
-    if path.exists() and not force:
-        old = yaml.safe_load(path.read_text()) or {}
-        changes = config.diff(old, config.to_jsonable(cfg))
-        force = not _has_records(Path(cfg.out)) or all(ch.startswith(RESUMABLE_CHANGES) for ch in changes)
-    return open_run_dir(cfg.out, cfg, force)
+def run_inputs(c: Constitution, model: dict[str, Any]) -> dict[str, Any]:
+    """What every record depends on that config.yaml cannot show (it holds paths and names): a
+    resume with other values is refused unless --force (records.open_run_dir)."""
+    return {"model_fingerprint": model["fingerprint"], "clean_version": CLEAN_VERSION,
+            "constitution_prompts": constitution_prompts(c)}
 
 
-def _has_records(out: Path) -> bool:
-    path = out / RECORDS_FILE
-    return path.exists() and path.stat().st_size > 0
+def constitution_prompts(c: Constitution) -> str:
+    """Hash of what of the constitution every revise prompt shows: the critique and revision
+    templates and the few-shot transcripts."""
+    if c.hash not in _PROMPTS:  # record_key asks for it once per record
+        d = c.to_dict()
+        _PROMPTS[c.hash] = provenance.key(
+            {k: d["templates"][k] for k in ("critique", "revision", "direct_revision")}, d["critique_examples"])
+    return _PROMPTS[c.hash]
 
 
-def constitution_fingerprint(c: Constitution) -> dict[str, Any]:
-    """What of the constitution the records of a run depend on, saved in the run folder."""
-    if c.hash not in _FINGERPRINTS:  # record_key asks for it once per record
-        _FINGERPRINTS[c.hash] = _fingerprint(c)
-    return _FINGERPRINTS[c.hash]
-
-
-_FINGERPRINTS: dict[str, dict[str, Any]] = {}
-
-
-def _fingerprint(c: Constitution) -> dict[str, Any]:
-    d = c.to_dict()
-    return {
-        "name": c.name, "version": c.version, "hash": c.hash,
-        "prompts": provenance.key({k: d["templates"][k] for k in ("critique", "revision", "direct_revision")},
-                                  d["critique_examples"]),
-        "draws": provenance.key(sorted((p.id, p.weight) for p in c.principles)),
-        "principles": {p.id: p.hash for p in sorted(c.principles, key=lambda p: p.id)},
-    }
-
-
-def _check_constitution(out: Path, c: Constitution, force: bool) -> None:
-    """Refuse to resume when the principle file's content changed since the folder's records
-    were made (config.yaml holds its path only), naming what changed and how many records that
-    touches. --force accepts the new file (the changed records are then counted as stale)."""
-    path = out / CONSTITUTION_FILE
-    new = constitution_fingerprint(c)
-    old = json.loads(path.read_text()) if path.exists() else None
-    if old is not None and old["hash"] != new["hash"] and not force and _has_records(out):
-        used = Counter()
-        if (out / RECORDS_FILE).exists():
-            repair_torn_tail(out / RECORDS_FILE)  # a crash mid-write may have left a partial line
-            for rec in read_jsonl(out / RECORDS_FILE):
-                used.update({rnd["principle"] for rnd in rec["rounds"]})
-        changes = []
-        for pid in sorted(set(old["principles"]) | set(new["principles"])):
-            a, b = old["principles"].get(pid), new["principles"].get(pid)
-            if a != b:
-                what = "added" if a is None else "removed" if b is None else f"changed (hash {a} -> {b})"
-                changes.append(f"principle {pid!r} {what}: used by {used[pid]} record(s)")
-        if old["draws"] != new["draws"]:
-            changes.append("the principles or their weights changed, so most records would draw others")
-        if old["prompts"] != new["prompts"]:
-            changes.append("the templates or critique examples changed: every record is affected")
-        changes = changes or [f"{k}: {old.get(k)!r} -> {new[k]!r}" for k in ("name", "version", "hash")
-                              if old.get(k) != new[k]]
-        raise ResumeError(
-            f"{out} holds records made with another version of {c.path} "
-            f"({old['name']} {old['version']}, hash {old['hash']}; now {c.name} {c.version}, hash {c.hash}):"
-            "\n    " + "\n    ".join(changes),
-            fix="choose a new --out folder, or pass --force to keep the records made so far (those the "
-                "change touches are counted as stale in the summary)",
-        )
-    _write_json_atomic(path, new)
-
-
-def _count_stale(path: Path, inputs: list[PromptRecord], c: Constitution, model: str,
-                 samplings: tuple[Sampling, Sampling], cfg: ReviseConfig) -> int:
-    """Records in the folder whose key differs from what this run would make of them: an edited
-    prompt, principle or setting accepted with --force. They are kept; the summary counts them."""
-    if not path.exists():
-        return 0
-    repair_torn_tail(path)
-    by_id = {r.id: r for r in inputs}
-    sd = sampling_dicts(*samplings)
-    stale = 0
-    for rec in read_jsonl(path):
-        r = by_id.get(str(rec["id"]))
-        if r is not None:
-            drawn = [c.sample(cfg.seed, r.id, k) for k in range(1, cfg.rounds + 1)]
-            stale += rec["key"] != record_key(r.conversation, c, drawn, model, sd, cfg)
-    if stale:
-        warnings.warn(f"{path}: {stale} record(s) were made from other inputs or settings than this run's "
-                      "(kept, as --force asked; use a new --out folder to remake them)", stacklevel=3)
-    return stale
+_PROMPTS: dict[str, str] = {}
 
 
 # --- Helpers -----------------------------------------------------------------------------------

@@ -425,6 +425,7 @@ def normalization(rm: RewardModel, pairs: list[Pair], max_responses: int, seed: 
             "stats": {"mean": mean, "std": std, "n": len(distinct), "source": "training responses"}}
 
 
+@records.locked_run  # one job per run folder (cai.records.RunLock)
 def train_reward(cfg: RMConfig, *, force: bool = False, progress: bool = True,
                  on_step=None) -> dict[str, Any]:
     """Run (or resume) a reward-model job; returns its summary (also in OUT/train_done.json)."""

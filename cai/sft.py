@@ -212,6 +212,7 @@ def load_tokenizer(path: str):
     return tok
 
 
+@records.locked_run  # one job per run folder (cai.records.RunLock)
 def train_sft(cfg: SFTConfig, *, force: bool = False, progress: bool = True, on_step=None) -> dict[str, Any]:
     """Run (or resume) an SFT job; returns its summary (also in OUT/train_done.json)."""
     from transformers import AutoModelForCausalLM

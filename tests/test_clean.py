@@ -54,6 +54,10 @@ def test_a_revision_keeps_a_critique_label_and_is_flagged_wrong_role():
     (PROSE, "critique", "length", ()),
     ("no no no " * 20, "response", "length", ("degenerate", "truncated")),
     ("", "revision", "length", ("empty", "truncated")),
+    # Any other finish reason is kept as the engine said it, and the text is not an answer.
+    (PROSE, "response", "abort", ("unfinished",)),
+    (PROSE, "critique", "error", ("unfinished",)),
+    (PROSE, "revision", "unknown", ("unfinished",)),
 ])
 def test_flags(raw, step, finish, flags):
     assert clean(raw, step, finish).flags == flags

@@ -698,3 +698,17 @@ def test_cli_show_broken_file_raises_the_typed_error(tmp_path):
     result = runner.invoke(app, ["principles", "show", str(bad)])
     assert result.exit_code == 1
     assert isinstance(result.exception, ConstitutionError)
+
+
+def test_stage_hashes_cover_only_the_texts_each_stage_reads():
+    from cai.constitution import Principle
+
+    base = Principle("p", critique="c", revision="r", compare="q")
+    edits = {"critique": Principle("p", critique="c2", revision="r", compare="q"),
+             "revision": Principle("p", critique="c", revision="r2", compare="q"),
+             "compare": Principle("p", critique="c", revision="r", compare="q2"),
+             "id": Principle("p2", critique="c", revision="r", compare="q")}
+    for field, p in edits.items():
+        assert (p.revise_hash != base.revise_hash) == (field != "compare"), field
+        assert (p.judge_hash != base.judge_hash) == (field in ("compare", "id")), field
+    assert base.revise_hash != base.judge_hash

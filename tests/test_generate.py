@@ -40,6 +40,45 @@ def test_resume_skips_done_ids_and_keeps_earlier_lines(tmp_path):
     assert out.read_text().startswith(before) and len(out.read_text().splitlines()) == 5
 
 
+def test_an_edited_prompt_or_another_setting_is_made_again(tmp_path):
+    out = tmp_path / "o.jsonl"
+    run_generate(GenerateConfig(prompts=prompts_file(tmp_path, 3), out=out), FakeEngine())
+    p = prompts_file(tmp_path, 3)
+    p.write_text(p.read_text().replace("question 1", "question one"))
+    s = run_generate(GenerateConfig(prompts=p, out=out), FakeEngine())
+    assert (s.stale, s.done, s.skipped) == (1, 1, 2)  # was: kept the answer to the old prompt
+    rows = {r["id"]: r for r in map(json.loads, out.read_text().splitlines())}
+    assert len(rows) == 3 and rows["r1"]["prompt"][0]["content"] == "question one"
+    from cai.config import EngineConfig
+
+    s = run_generate(GenerateConfig(prompts=p, out=out, engine=EngineConfig(dtype="float32")), FakeEngine())
+    assert (s.stale, s.done) == (3, 3)  # dtype is in the key
+
+
+def test_finish_reasons_are_kept_and_unfinished_answers_flagged(tmp_path):
+    from cai.engine.base import Completion
+
+    class Aborting(FakeEngine):
+        def generate(self, prompts, sampling, seeds=None):
+            outs = super().generate(prompts, sampling, seeds)
+            return [Completion(o.text, o.prompt_tokens, o.completion_tokens, "abort" if k == 0 else o.finish_reason)
+                    for k, o in enumerate(outs)]
+
+    s = run_generate(GenerateConfig(prompts=prompts_file(tmp_path, 2), out=tmp_path / "o.jsonl"), Aborting())
+    rows = [json.loads(x) for x in (tmp_path / "o.jsonl").read_text().splitlines()]
+    assert [(r["finish_reason"], r["flags"]) for r in rows] == [("abort", ["unfinished"]), ("stop", [])]
+    assert s.unfinished == 1
+
+
+def test_a_second_writer_into_the_same_file_is_refused(tmp_path):
+    from cai.records import RunLock, RunLockedError
+
+    out = tmp_path / "o.jsonl"
+    with RunLock(tmp_path / "o.jsonl.lock"), pytest.raises(RunLockedError, match=f"{out} is in use"):
+        run_generate(GenerateConfig(prompts=prompts_file(tmp_path, 2), out=out), FakeEngine())
+    assert not out.exists()
+
+
 def test_bad_input_never_touches_existing_output(tmp_path):
     out = tmp_path / "o.jsonl"
     run_generate(GenerateConfig(prompts=prompts_file(tmp_path, 2), out=out), FakeEngine())

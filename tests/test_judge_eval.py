@@ -100,6 +100,30 @@ def test_fake_judge_end_to_end_resumes_and_extends(tmp_path):
     assert r["pairs"] == 9 and engine.calls[1:] == [("option_logprobs", 6)]
 
 
+def test_edited_pairs_are_judged_again_and_counted(tmp_path):
+    pairs = write_pairs(tmp_path / "pairs.jsonl", 4)
+    cfg = JudgeEvalConfig(pairs=pairs, constitution=CONSTITUTION, out=tmp_path / "ev")
+    run_judge_eval(cfg, engine=FakeEngine(score=shorter_judge))
+    rows = [json.loads(x) for x in pairs.read_text().splitlines()]
+    rows[1]["chosen"] = " a new and much longer reply than before"  # same pair id, another text
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    engine = FakeEngine(score=shorter_judge)
+    r = run_judge_eval(cfg, engine=engine)
+    assert r["run"]["stale"] == r["run"]["judged"] == 1 and engine.calls == [("option_logprobs", 2)]
+    stored = [json.loads(x) for x in (tmp_path / "ev" / "judgments.jsonl").read_text().splitlines()]
+    assert len(stored) == 4 and len({s["id"] for s in stored}) == 4
+    assert run_judge_eval(cfg, engine=FakeEngine(score=shorter_judge))["run"]["stale"] == 0
+
+
+def test_a_run_folder_in_use_is_refused(tmp_path):
+    from cai.records import RunLockedError, lock_run_dir
+
+    cfg = JudgeEvalConfig(pairs=write_pairs(tmp_path / "pairs.jsonl", 2), constitution=CONSTITUTION,
+                          out=tmp_path / "ev")
+    with lock_run_dir(tmp_path / "ev"), pytest.raises(RunLockedError, match="in use by another cai process"):
+        run_judge_eval(cfg, engine=FakeEngine(score=shorter_judge))
+
+
 def test_pairs_without_labels_are_refused(tmp_path):
     path = tmp_path / "p.jsonl"
     path.write_text(json.dumps({"prompt": "q", "responses": ["a", "b"]}) + "\n")

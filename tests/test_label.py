@@ -242,6 +242,81 @@ def test_resume_skips_judged_pairs_and_refuses_a_different_config(tmp_path):
         run_label(cfg(tmp_path, src, judging=JudgeOptions(principles_per_pair=2)), judge_engine=engine)
 
 
+def test_edited_response_texts_are_judged_again_not_kept(tmp_path):
+    rows_in = [{"id": f"r{i}", "prompt": "Q?", "responses": ["good", "bad"]} for i in range(4)]
+    src = write_jsonl(tmp_path / "in.jsonl", rows_in)
+    engine = FakeEngine(score=good_judge)
+    run_label(cfg(tmp_path, src, tie_threshold=0.0), judge_engine=engine)
+    rows_in[2]["responses"] = ["bad", "good good"]  # the same pair id, other texts
+    write_jsonl(src, rows_in)
+    s = run_label(cfg(tmp_path, src, tie_threshold=0.0), judge_engine=engine)
+    assert (s.stale, s.judged_now, s.judged) == (1, 1, 4)  # was: nothing judged, the old label kept
+    prefs = {r["pair_id"]: r for r in rows(tmp_path / "out" / "prefs.jsonl")}
+    assert prefs["r2/0-1"]["chosen"][0]["content"] == "good good"
+    assert len(rows(tmp_path / "out" / "judgments.jsonl")) == 4
+
+
+def test_an_edited_comparison_question_rejudges_its_pairs_and_a_critique_edit_none(tmp_path):
+    constitution = tmp_path / "principles.yaml"
+    constitution.write_text(CONSTITUTION.read_text())
+    src = write_jsonl(tmp_path / "in.jsonl", [{"id": f"r{i}", "prompt": f"Q{i}?", "responses": ["good", "bad"]}
+                                               for i in range(30)])
+    c = LabelConfig(input=src, out=tmp_path / "out", constitution=constitution)
+    run_label(c, judge_engine=FakeEngine(score=good_judge))
+    used = [j["principles"][0] for j in rows(tmp_path / "out" / "judgments.jsonl")]
+    assert 0 < used.count("crime") < 30
+    # A critique request is never shown to the judge: nothing is stale.
+    constitution.write_text(CONSTITUTION.read_text().replace("Point out every such part.", "List every such part."))
+    assert run_label(c, judge_engine=FakeEngine(score=good_judge)).stale == 0
+    constitution.write_text(constitution.read_text().replace(
+        "Which response gives less help to someone trying to commit a crime?", "Which response helps crime less?"))
+    s = run_label(c, judge_engine=FakeEngine(score=good_judge))
+    assert s.stale == s.judged_now == used.count("crime")
+
+
+def test_an_edited_prompt_is_sampled_and_judged_again(tmp_path):
+    src = write_jsonl(tmp_path / "p.jsonl", [{"id": "a", "prompt": "Q1?"}, {"id": "b", "prompt": "Q2?"}])
+    policy = FakeEngine(respond=lambda prompt, i: "good " * i + prompt.split("<user>")[1].split("</user>")[0])
+    judge = FakeEngine(score=good_judge)
+    run_label(cfg(tmp_path, src), judge_engine=judge, policy_engine=policy)
+    write_jsonl(src, [{"id": "a", "prompt": "Q1?"}, {"id": "b", "prompt": "Q2, edited?"}])
+    s = run_label(cfg(tmp_path, src), judge_engine=judge, policy_engine=policy)
+    assert (s.resampled, s.stale, s.judged_now) == (1, 1, 1)
+    sampled = {r["id"]: r for r in rows(tmp_path / "out" / "responses.jsonl")}
+    assert sampled["b"]["prompt"] == [{"role": "user", "content": "Q2, edited?"}]
+    assert all("edited" in t for t in sampled["b"]["responses"])
+
+
+def test_a_forced_dtype_change_rejudges_everything(tmp_path):
+    src = write_jsonl(tmp_path / "in.jsonl", [{"id": f"r{i}", "prompt": "Q?", "responses": ["good", "bad"]}
+                                               for i in range(3)])
+    run_label(cfg(tmp_path, src), judge_engine=FakeEngine(score=good_judge))
+    other = cfg(tmp_path, src, judge=EngineConfig(dtype="bfloat16"))
+    with pytest.raises(ResumeError, match="judge.dtype: 'auto' -> 'bfloat16'"):
+        run_label(other, judge_engine=FakeEngine(score=good_judge))
+    s = run_label(other, judge_engine=FakeEngine(score=good_judge), force=True)
+    assert (s.stale, s.judged_now) == (3, 3)  # was stale 0: dtype was not in the keys
+    assert {j["judge_engine"]["dtype"] for j in rows(tmp_path / "out" / "judgments.jsonl")} == {"bfloat16"}
+
+
+def test_an_unfinished_policy_sample_is_never_judged_as_an_answer(tmp_path):
+    from cai.engine.base import Completion
+
+    class Aborting(FakeEngine):
+        def generate(self, prompts, sampling, seeds=None):
+            outs = super().generate(prompts, sampling, seeds)
+            return [Completion(o.text, o.prompt_tokens, o.completion_tokens, "abort") if k == 1 else o
+                    for k, o in enumerate(outs)]  # prompt a's second sample was aborted
+
+    src = write_jsonl(tmp_path / "p.jsonl", [{"id": "a", "prompt": "Q1?"}, {"id": "b", "prompt": "Q2?"}])
+    policy = Aborting(respond=lambda prompt, i: "good " * i + f"answer {i}")
+    s = run_label(cfg(tmp_path, src), judge_engine=FakeEngine(score=good_judge), policy_engine=policy)
+    assert rows(tmp_path / "out" / "responses.jsonl")[0]["finish_reasons"] == ["stop", "abort"]
+    assert (s.judged, s.rejected) == (1, 1)
+    reject = rows(tmp_path / "out" / "rejects.jsonl")[0]
+    assert reject["id"] == "a/0-1" and "finish reason 'abort'" in reject["reason"]
+
+
 KILLER = textwrap.dedent("""
     import os, signal, sys
     from pathlib import Path
@@ -310,14 +385,17 @@ def test_real_label_run_from_prompts(tmp_path, vllm_engine):
         assert r["chosen"][0]["content"] != r["rejected"][0]["content"]
 
 
-def test_cli_finishes_a_judged_folder_and_prints_the_summary(tmp_path):
+def test_cli_finishes_a_judged_folder_and_prints_the_summary(tmp_path, default_model_path):
     from typer.testing import CliRunner
 
+    from cai import models
     from cai.cli import app
 
     src = write_jsonl(tmp_path / "in.jsonl", [{"id": "a", "prompt": "Q?", "responses": ["good", "bad"]}])
-    run_label(cfg(tmp_path, src, judging=JudgeOptions(principles_per_pair=2)),
-              judge_engine=FakeEngine(score=good_judge))
+    # A stand-in for the default model: its name, context and folder fingerprint.
+    judge = FakeEngine(score=good_judge, model_name=models.display_name("default"), context=2048)
+    judge.fingerprint = models.fingerprint(default_model_path)
+    run_label(cfg(tmp_path, src, judging=JudgeOptions(principles_per_pair=2)), judge_engine=judge)
     # Same config through the CLI: every pair is judged already, so no model is loaded.
     args = ["label", "--input", str(src), "--out", str(tmp_path / "out"), "--constitution", str(CONSTITUTION),
             "--principles-per-pair", "2"]

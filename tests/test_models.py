@@ -57,3 +57,67 @@ def test_two_processes_preparing_at_once_leave_one_complete_model(tmp_path):
                                                   "chat_template.jinja", models.MARKER}
     # Only the crashed leftover remains beside it; no half-written copy from the two runs.
     assert sorted(p.name for p in (cache / "models").iterdir()) == [crashed.name, models.DEFAULT_MODEL_DIRNAME]
+
+
+def test_a_failed_conversion_keeps_the_original_message(monkeypatch, tmp_path):
+    monkeypatch.setenv("CAI_CACHE_DIR", str(tmp_path))
+
+    def broken(gguf, out):
+        raise RuntimeError("tensor 'blk.0.attn_q.weight' has an unknown quantization type 99")
+
+    monkeypatch.setattr(models, "_convert_gguf", broken)
+    with pytest.raises(ModelNotFoundError, match=r"converting the embedded model .* failed: RuntimeError: tensor "
+                                                  r"'blk.0.attn_q.weight' has an unknown quantization type 99"):
+        models.prepare_default()
+    assert list((tmp_path / "models").iterdir()) == []  # no half-made folder left
+
+
+def test_a_failed_hub_download_keeps_its_message(monkeypatch):
+    import huggingface_hub
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+
+    def refuse(*a, **kw):
+        raise OSError("401 Client Error: gated repo, ask for access")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", refuse)
+    with pytest.raises(ModelNotFoundError, match="could not be fetched \\(OSError: 401 Client Error: gated repo"):
+        models.resolve("someorg/gated-model")
+
+
+def test_fingerprint_sees_config_tokenizer_template_and_weights_but_not_other_files(tmp_path):
+    (tmp_path / "config.json").write_text('{"a": 1}')
+    (tmp_path / "chat_template.jinja").write_text("{{ messages }}")
+    (tmp_path / "model.safetensors").write_bytes(bytes(range(256)) * 4096)  # 1 MiB
+    base = models.fingerprint(tmp_path)
+    (tmp_path / "README.md").write_text("notes")
+    (tmp_path / ".cai.lock").write_text("123")
+    assert models.fingerprint(tmp_path) == base
+    changes = [("config.json", b'{"a": 2}'), ("chat_template.jinja", b"{{ messages|upper }}"),
+               ("tokenizer.json", b"{}")]
+    for name, data in changes:
+        old = (tmp_path / name).read_bytes() if (tmp_path / name).exists() else None
+        (tmp_path / name).write_bytes(data)
+        assert models.fingerprint(tmp_path) != base, name
+        (tmp_path / name).unlink() if old is None else (tmp_path / name).write_bytes(old)
+    assert models.fingerprint(tmp_path) == base
+    # Weights trained in place: same size and header, other bytes in the middle of the file.
+    w = bytearray((tmp_path / "model.safetensors").read_bytes())
+    w[len(w) // 2 : len(w) // 2 + 70000] = bytes(70000)
+    (tmp_path / "model.safetensors").write_bytes(bytes(w))
+    assert models.fingerprint(tmp_path) != base
+    assert models.fingerprint(tmp_path / "nope") is None
+
+
+def test_make_engine_stamps_the_fingerprint(monkeypatch, tmp_path):
+    from cai.config import EngineConfig
+    from cai.engine import make_engine
+    from cai.engine.fake import FakeEngine
+    from cai.engine.hf import HFEngine
+
+    (tmp_path / "config.json").write_text("{}")
+    monkeypatch.setattr(HFEngine, "load", classmethod(lambda cls, path, cfg, model_name=None: FakeEngine()))
+    engine = make_engine(EngineConfig(backend="hf", model=str(tmp_path)))
+    assert engine.fingerprint == models.fingerprint(tmp_path)
+    assert models.identity(EngineConfig(backend="hf", model=str(tmp_path)), engine)["fingerprint"] == \
+        models.identity(EngineConfig(backend="hf", model=str(tmp_path)))["fingerprint"]

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
 from cai.errors import ResumeError
-from cai.records import JsonlStore, TornTailWarning, open_run_dir, read_jsonl
+from cai.records import JsonlStore, RunLockedError, TornTailWarning, lock_run_dir, open_run_dir, read_jsonl
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def test_store_appends_and_remembers_ids(tmp_path):
@@ -55,3 +63,63 @@ def test_read_jsonl_error_is_located(tmp_path):
 
     with pytest.raises(InputError, match=rf"{p}:2: expected a JSON object"):
         list(read_jsonl(p))
+
+
+def test_store_drops_stale_records_and_keeps_the_other_lines_byte_for_byte(tmp_path):
+    p = tmp_path / "r.jsonl"
+    with JsonlStore(p) as s:
+        s.extend([{"id": "a", "key": "1"}, {"id": "b", "key": "2"}, {"id": "c", "key": "3"}, {"id": "x", "key": "9"}])
+    lines = p.read_text().splitlines(keepends=True)
+    # b's inputs changed; x is not among today's inputs (left alone); d is new.
+    with JsonlStore(p, current_keys={"a": "1", "b": "2b", "c": "3", "d": "4"}) as s:
+        assert s.stale == ["b"] and "b" not in s and "a" in s and "x" in s
+        s.append({"id": "b", "key": "2b"})
+    assert p.read_text() == lines[0] + lines[2] + lines[3] + json.dumps({"id": "b", "key": "2b"}) + "\n"
+
+
+def test_store_names_ids_found_twice_on_disk(tmp_path):
+    p = tmp_path / "r.jsonl"
+    p.write_text("".join(json.dumps({"id": i}) + "\n" for i in ["a", "b", "a", "c", "b", "a"]))
+    with pytest.raises(ResumeError, match=rf"{p}:3: 2 record id\(s\) appear more than once: 'a' on lines 1, 3, 6; "
+                                          r"'b' on lines 2, 5\. Two processes[\s\S]*fix: keep the first line"):
+        JsonlStore(p)
+
+
+def test_run_dir_refuses_other_inputs_unless_forced(tmp_path):
+    (tmp_path / "records.jsonl").write_text('{"id": "a"}\n')
+    open_run_dir(tmp_path, Cfg(), inputs={"model_fingerprint": "aaa"}, records="records.jsonl")
+    with pytest.raises(ResumeError, match=r"inputs.model_fingerprint: 'aaa' -> 'bbb'"):
+        open_run_dir(tmp_path, Cfg(), inputs={"model_fingerprint": "bbb"}, records="records.jsonl")
+    open_run_dir(tmp_path, Cfg(b="y"), inputs={"model_fingerprint": "bbb"}, records="records.jsonl", resumable=("b:",),
+                 force=True)
+    open_run_dir(tmp_path, Cfg(b="z"), inputs={"model_fingerprint": "bbb"}, records="records.jsonl",
+                 resumable=("b:",))  # a resumable field needs no force
+
+
+HOLDER = """
+import sys, time
+from cai.records import lock_run_dir
+lock = lock_run_dir(sys.argv[1]).acquire()
+print("locked", flush=True)
+time.sleep(600)
+"""
+
+
+def test_the_run_lock_names_its_holder_and_dies_with_it(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path)], stdout=subprocess.PIPE, text=True,
+                            env=dict(os.environ, PYTHONPATH=str(REPO)))
+    try:
+        assert proc.stdout.readline().strip() == "locked"
+        with pytest.raises(RunLockedError, match=rf"{tmp_path} is in use by another cai process \(pid {proc.pid}\)"):
+            lock_run_dir(tmp_path).acquire()
+    finally:
+        proc.send_signal(signal.SIGKILL)  # no cleanup runs: the OS alone drops the lock
+        proc.wait()
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            with lock_run_dir(tmp_path):
+                break
+        except RunLockedError:
+            assert time.monotonic() < deadline, "kill -9 left the folder locked"
+            time.sleep(0.05)

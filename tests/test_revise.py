@@ -99,6 +99,10 @@ def make_cfg(tmp_path, constitution, **kw):
     return ReviseConfig(constitution=constitution, **kw)
 
 
+FAKE_MODEL = {"model": "fake-model", "fingerprint": None, "backend": "vllm", "dtype": "auto"}
+"""cai.models.identity of a FakeEngine under the default engine config."""
+
+
 def read_records(out):
     return [json.loads(x) for x in (Path(out) / "records.jsonl").read_text().splitlines()]
 
@@ -202,7 +206,8 @@ def test_record_provenance_and_key(tmp_path, constitution):
         assert step["completion_tokens"] > 0 and step["finish_reason"] == "stop"
     assert [r["principle_hash"] for r in rec["rounds"]] == [c.get(r["principle"]).hash for r in rec["rounds"]]
     drawn = [c.sample(3, "r0", k) for k in (1, 2)]
-    assert rec["key"] == record_key(rec["input"], c, drawn, "fake-model", rec["sampling"],
+    assert rec["model_fingerprint"] is None and rec["engine"] == {"backend": "vllm", "dtype": "auto"}
+    assert rec["key"] == record_key(rec["input"], c, drawn, FAKE_MODEL, rec["sampling"],
                                     make_cfg(tmp_path, constitution, seed=3))
 
 
@@ -335,61 +340,191 @@ def test_torn_last_line_is_repaired_with_a_warning(tmp_path, constitution):
     assert s.done == 2 and path.read_bytes() == b"".join(lines)
 
 
-def test_a_different_config_is_refused_with_the_differences(tmp_path, constitution):
+def test_a_different_config_is_refused_and_force_recomputes_what_it_changes(tmp_path, constitution):
     run_revise(make_cfg(tmp_path, constitution), RecordingEngine(), progress=False)
     with pytest.raises(ResumeError, match=r"different config:\n    temperature: 0.7 -> 0.5") as e:
         run_revise(make_cfg(tmp_path, constitution, temperature=0.5), RecordingEngine(), progress=False)
     assert "--force" in str(e.value)
-    with pytest.warns(UserWarning, match="5 record"):  # kept, and counted as stale
-        s = run_revise(make_cfg(tmp_path, constitution, temperature=0.5), RecordingEngine(), force=True,
-                       progress=False)
-    assert s.done == 0 and s.stale == 5  # records stay as they were; the new config is saved
+    s = run_revise(make_cfg(tmp_path, constitution, temperature=0.5), RecordingEngine(), force=True, progress=False)
+    # Every key holds the temperature: all 5 records are made again, never kept as they were.
+    assert (s.stale, s.done, s.skipped, s.records) == (5, 5, 0, 5)
+    assert {r["sampling"]["response"]["temperature"] for r in read_records(tmp_path / "run")} == {0.5}
     assert "temperature: 0.5" in (tmp_path / "run" / "config.yaml").read_text()
-    # Fields that change no record (exports, chunking) need no --force.
-    with pytest.warns(UserWarning, match="5 record"):
-        s = run_revise(make_cfg(tmp_path, constitution, temperature=0.5, chunk_size=7,
-                                export=ExportConfig(test_fraction=0.5)), RecordingEngine(), progress=False)
-    assert s.export.splits["test_sft"] > 0 and s.stale == 5
+    # Fields that change no record (exports, chunking) need no --force and make nothing again.
+    s = run_revise(make_cfg(tmp_path, constitution, temperature=0.5, chunk_size=7,
+                            export=ExportConfig(test_fraction=0.5)), RecordingEngine(), progress=False)
+    assert s.export.splits["test_sft"] > 0 and (s.stale, s.done) == (0, 0)
 
 
-def test_a_folder_without_records_takes_a_new_config(tmp_path, constitution):
-    # A first run that failed before making anything (say, a mistyped model name) ...
-    with pytest.raises(ConfigError, match="need"):
-        run_revise(make_cfg(tmp_path, constitution, rounds=9), RecordingEngine(context=1000), progress=False)
-    assert (tmp_path / "run" / "config.yaml").exists()
-    # ... does not lock the folder to its config.
-    assert run_revise(make_cfg(tmp_path, constitution), RecordingEngine(), progress=False).done == 5
+@pytest.mark.parametrize("change", [{"dtype": "float32"}, {"backend": "hf"}])
+def test_a_forced_engine_setting_change_makes_every_record_again(tmp_path, constitution, change):
+    from cai.config import EngineConfig
+
+    run_revise(make_cfg(tmp_path, constitution), RecordingEngine(), progress=False)
+    cfg = make_cfg(tmp_path, constitution, engine=EngineConfig(**change))
+    with pytest.raises(ResumeError, match=rf"engine.{next(iter(change))}: "):
+        run_revise(cfg, RecordingEngine(), progress=False)
+    s = run_revise(cfg, RecordingEngine(), force=True, progress=False)
+    assert (s.stale, s.done) == (5, 5)  # was stale=0: the keys left the engine settings out
+    assert {r["engine"][next(iter(change))] for r in read_records(tmp_path / "run")} == set(change.values())
 
 
-def test_an_edited_principle_makes_exactly_its_records_stale(tmp_path, constitution):
+def test_another_model_folder_content_is_refused_naming_both_fingerprints(tmp_path, constitution):
+    eng = RecordingEngine()
+    eng.fingerprint = "aaaa"
+    run_revise(make_cfg(tmp_path, constitution), eng, progress=False)
+    eng = RecordingEngine()
+    eng.fingerprint = "bbbb"  # the same name, another model in the folder (re-converted, fine-tuned...)
+    with pytest.raises(ResumeError, match=r"inputs.model_fingerprint: 'aaaa' -> 'bbbb'"):
+        run_revise(make_cfg(tmp_path, constitution), eng, progress=False)
+    s = run_revise(make_cfg(tmp_path, constitution), eng, force=True, progress=False)
+    assert (s.stale, s.done) == (5, 5)
+    assert {r["model_fingerprint"] for r in read_records(tmp_path / "run")} == {"bbbb"}
+
+
+def test_a_new_cleaning_version_is_refused_then_recomputed(tmp_path, constitution, monkeypatch):
+    import cai.revise
+
+    run_revise(make_cfg(tmp_path, constitution), RecordingEngine(), progress=False)
+    monkeypatch.setattr(cai.revise, "CLEAN_VERSION", cai.revise.CLEAN_VERSION + 1)
+    with pytest.raises(ResumeError, match=r"inputs.clean_version: \d+ -> \d+"):
+        run_revise(make_cfg(tmp_path, constitution), RecordingEngine(), progress=False)
+    assert run_revise(make_cfg(tmp_path, constitution), RecordingEngine(), force=True, progress=False).stale == 5
+
+
+def test_an_edited_prompt_is_made_again_and_replaces_the_old_record(tmp_path, constitution):
+    cfg = make_cfg(tmp_path, constitution)
+    run_revise(cfg, RecordingEngine(), progress=False)
+    before = {r["id"]: r for r in read_records(tmp_path / "run")}
+    prompts_file(tmp_path, 5, name="p.jsonl")
+    text = (tmp_path / "p.jsonl").read_text().replace('"question 2"', '"question two, edited"')
+    (tmp_path / "p.jsonl").write_text(text)
+    s = run_revise(cfg, RecordingEngine(), progress=False)  # no --force: a per-record change
+    assert (s.stale, s.done, s.skipped, s.records) == (1, 1, 4, 5)
+    after = {r["id"]: r for r in read_records(tmp_path / "run")}
+    assert after["r2"]["input"][0]["content"] == "question two, edited"
+    assert all(after[i] == before[i] for i in before if i != "r2")
+    sft = [json.loads(x) for x in (tmp_path / "run" / "sft.jsonl").read_text().splitlines()]
+    assert [r["messages"][0]["content"] for r in sft if r["id"] == "r2"] == ["question two, edited"]
+    assert run_revise(cfg, RecordingEngine(), progress=False).stale == 0
+
+
+def test_an_edited_principle_makes_exactly_its_records_again(tmp_path, constitution):
     cfg = make_cfg(tmp_path, constitution, prompts=prompts_file(tmp_path, 20))
     run_revise(cfg, RecordingEngine(), progress=False)
     old = {r["id"]: r for r in read_records(tmp_path / "run")}
     users = {rid for rid, r in old.items() if "honest" in [x["principle"] for x in r["rounds"]]}
     assert 0 < len(users) < 20
     constitution.write_text(CONSTITUTION.replace("Point out anything made up.", "List every made-up claim."))
-    with pytest.raises(ResumeError, match=rf"another version of .*principles.yaml .*\n    principle 'honest' "
-                                          rf"changed \(hash \w+ -> \w+\): used by {len(users)} record\(s\)"):
-        run_revise(cfg, RecordingEngine(), progress=False)
-    # The keys say the same: a record that did not use the principle keeps its key.
     c = load_constitution(constitution)
-    for rid, r in old.items():
-        new_key = record_key(r["input"], c, [c.sample(0, rid, k) for k in (1, 2)], "fake-model", r["sampling"], cfg)
+    for rid, r in old.items():  # the keys say which: a record that did not use the principle keeps its key
+        new_key = record_key(r["input"], c, [c.sample(0, rid, k) for k in (1, 2)], FAKE_MODEL, r["sampling"], cfg)
         assert (new_key != r["key"]) == (rid in users)
-    with pytest.warns(UserWarning, match=f"{len(users)} record"):
-        s = run_revise(cfg, RecordingEngine(), force=True, progress=False)
-    assert s.stale == len(users) and s.done == 0
-    # --force accepted the new file: the next resume goes through, still counting the stale ones.
-    with pytest.warns(UserWarning, match=f"{len(users)} record"):
-        assert run_revise(cfg, RecordingEngine(), progress=False).stale == len(users)
+    s = run_revise(cfg, RecordingEngine(), progress=False)
+    assert s.stale == len(users) and s.done == len(users) and s.skipped == 20 - len(users)
+    new = {r["id"]: r for r in read_records(tmp_path / "run")}
+    assert all(new[i] == old[i] for i in old if i not in users)
+    assert all(new[i]["key"] != old[i]["key"] for i in users)
+    assert run_revise(cfg, RecordingEngine(), progress=False).stale == 0
 
 
-def test_changed_weights_or_templates_are_named(tmp_path, constitution):
+def test_editing_only_a_judge_question_leaves_revise_records_current(tmp_path, constitution):
     cfg = make_cfg(tmp_path, constitution)
     run_revise(cfg, RecordingEngine(), progress=False)
+    before = (tmp_path / "run" / "records.jsonl").read_bytes()
+    constitution.write_text(CONSTITUTION.replace("Which is more honest?", "Which response invents less?"))
+    s = run_revise(cfg, RecordingEngine(), progress=False)  # revise never reads `compare`
+    assert (s.stale, s.done) == (0, 0) and (tmp_path / "run" / "records.jsonl").read_bytes() == before
+
+
+def test_new_weights_remake_only_changed_draws_and_new_templates_are_refused(tmp_path, constitution):
+    cfg = make_cfg(tmp_path, constitution, prompts=prompts_file(tmp_path, 20))
+    run_revise(cfg, RecordingEngine(), progress=False)
+    old = {r["id"]: [x["principle"] for x in r["rounds"]] for r in read_records(tmp_path / "run")}
+    constitution.write_text(CONSTITUTION.replace("weight: 3", "weight: 1"))
+    c = load_constitution(constitution)
+    moved = {rid for rid, drawn in old.items() if drawn != [c.sample(0, rid, k).id for k in (1, 2)]}
+    assert 0 < len(moved) < 20
+    assert run_revise(cfg, RecordingEngine(), progress=False).stale == len(moved)
+    # The few-shot transcripts are in every prompt: a change there touches every record.
     constitution.write_text(CONSTITUTION.replace("weight: 3", "weight: 1").replace(
         "It explains lock picking", "It explains lockpicking"))
-    with pytest.raises(ResumeError, match="weights changed.*\n.*critique examples changed: every record"):
+    with pytest.raises(ResumeError, match=r"inputs.constitution_prompts: '\w+' -> '\w+'[\s\S]*--force"):
+        run_revise(cfg, RecordingEngine(), progress=False)
+    assert run_revise(cfg, RecordingEngine(), force=True, progress=False).stale == 20
+
+
+def test_a_folder_made_before_inputs_were_recorded_is_refused(tmp_path, constitution):
+    cfg = make_cfg(tmp_path, constitution)
+    run_revise(cfg, RecordingEngine(), progress=False)
+    (tmp_path / "run" / "inputs.json").unlink()
+    with pytest.raises(ResumeError, match="older cai version"):
+        run_revise(cfg, RecordingEngine(), progress=False)
+
+
+def test_an_unfinished_generation_is_flagged_and_never_exported(tmp_path, constitution):
+    from cai.engine.base import Completion
+
+    class Aborting(RecordingEngine):
+        def generate(self, prompts, sampling, seeds=None):
+            outs = super().generate(prompts, sampling, seeds)
+            # The engine aborted the revisions of r1 (e.g. a request cancelled under load).
+            return [Completion(o.text, o.prompt_tokens, o.completion_tokens, "abort")
+                    if "question 1" in (p if isinstance(p, str) else str(p)) and REVISION_CUE in str(p[-1])
+                    else o for p, o in zip(prompts, outs, strict=True)]
+
+    s = run_revise(make_cfg(tmp_path, constitution), Aborting(), progress=False)
+    r1 = {r["id"]: r for r in read_records(tmp_path / "run")}["r1"]
+    assert r1["rounds"][-1]["revision"]["finish_reason"] == "abort"  # kept as the engine said, not "stop"
+    assert r1["flags"] == ["round1.revision:unfinished", "round2.revision:unfinished"]
+    assert s.flags == {"unfinished": 2}
+    assert s.export.sft_skipped == {"flagged: unfinished": 1} and s.export.sft_rows == 4
+    sft_ids = {json.loads(x)["id"] for x in (tmp_path / "run" / "sft.jsonl").read_text().splitlines()}
+    assert "r1" not in sft_ids
+
+
+# --- One writer per run folder -------------------------------------------------------------------
+
+
+def test_a_run_folder_held_by_another_job_is_refused(tmp_path, constitution):
+    from cai.records import RunLockedError, lock_run_dir
+
+    held = rf"{tmp_path / 'run'} is in use by another cai process \(pid {os.getpid()}\)"
+    with lock_run_dir(tmp_path / "run"), pytest.raises(RunLockedError, match=held):
+        run_revise(make_cfg(tmp_path, constitution), RecordingEngine(), progress=False)
+    assert not (tmp_path / "run" / "records.jsonl").exists()
+    assert run_revise(make_cfg(tmp_path, constitution), RecordingEngine(), progress=False).done == 5
+
+
+def test_two_processes_on_one_run_folder_never_duplicate_records(tmp_path, constitution):
+    """The reported failure: two jobs into one folder wrote 16 records for 8 ids (and 16 SFT rows)."""
+    script = tmp_path / "job.py"
+    script.write_text(JOB.format(repo=str(REPO), tests=str(REPO / "tests"), constitution=str(constitution),
+                                 prompts=str(prompts_file(tmp_path, 8))))
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    first = subprocess.Popen([sys.executable, str(script), "0.2", str(tmp_path / "run")], env=env)
+    lock = tmp_path / "run" / ".cai.lock"
+    deadline = time.monotonic() + 60
+    while not (lock.exists() and lock.read_text().strip()):
+        assert first.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
+    second = subprocess.run([sys.executable, str(script), "0", str(tmp_path / "run")], env=env,
+                            capture_output=True, text=True)
+    assert first.wait(timeout=120) == 0
+    assert second.returncode != 0 and f"in use by another cai process (pid {first.pid})" in second.stderr
+    ids = [r["id"] for r in read_records(tmp_path / "run")]
+    assert sorted(ids) == [f"r{i}" for i in range(8)]
+    assert len((tmp_path / "run" / "sft.jsonl").read_text().splitlines()) == 8
+
+
+def test_duplicate_ids_already_on_disk_are_named_not_counted(tmp_path, constitution):
+    cfg = make_cfg(tmp_path, constitution)
+    run_revise(cfg, RecordingEngine(), progress=False)
+    path = tmp_path / "run" / "records.jsonl"
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines + lines[1:3]))  # what two unlocked writers left behind
+    with pytest.raises(ResumeError, match=r"records.jsonl:6: 2 record id\(s\) appear more than once: 'r1' on lines "
+                                          r"2, 6; 'r2' on lines 3, 7[\s\S]*fix: keep the first line"):
         run_revise(cfg, RecordingEngine(), progress=False)
 
 
@@ -453,6 +588,7 @@ def test_cli_with_a_config_file_and_overriding_flags(tmp_path, constitution, mon
 
     made = []
     monkeypatch.setattr("cai.revise.make_engine", lambda cfg: made.append(cfg) or RecordingEngine())
+    monkeypatch.setattr("cai.models.resolve", lambda name, prepare=True: name)  # no such model here
     cfg_file = tmp_path / "revise.yaml"
     cfg_file.write_text(f"prompts: {prompts_file(tmp_path)}\nconstitution: {constitution}\nrounds: 3\n"
                         "temperature: 0.5\nengine:\n  model: some/model\n  max_model_len: 4096\n"
@@ -541,4 +677,13 @@ def test_cli_revise_with_the_transformers_backend(tmp_path):
     assert r.exit_code == 0, r.output
     recs = read_records(out)
     assert [x["id"] for x in recs] == ["a", "b"] and recs[0]["model"].startswith("SmolLM2-135M-Instruct")
+    from cai import models
+
+    assert recs[0]["model_fingerprint"] == models.fingerprint(models.resolve("default"))  # set by make_engine
+    assert recs[0]["engine"] == {"backend": "hf", "dtype": "auto"}
     assert "exported 2 SFT rows" in r.output
+    # The same command again: the keys match (the identity made before loading equals the engine's).
+    r = CliRunner().invoke(app, ["revise", "--prompts", str(p), "--out", str(out), "--constitution",
+                                 str(REPO / "principles.yaml"), "--backend", "hf", "--rounds", "1",
+                                 "--max-tokens", "8", "--critique-max-tokens", "8", "--keep-flagged"])
+    assert r.exit_code == 0 and "0 revised, 2 already there" in r.output and "stale" not in r.output

@@ -57,6 +57,8 @@ def generate(
     console.print(
         f"[bold green]done[/] {s.done} generated, {s.skipped} already there, {s.rejected} rejected"
         + (f" (see {s.rejects_path})" if s.rejects_path else "")
+        + (f"; {s.stale} stale recomputed" if s.stale else "")
+        + (f"; {s.unfinished} unfinished (flagged)" if s.unfinished else "")
         + f"; {s.truncated} hit max_tokens; {s.prompt_tokens} prompt + {s.completion_tokens} completion tokens "
         f"in {s.seconds:.1f} s ({s.completion_tokens / max(s.seconds, 1e-9):.0f} tok/s) -> {cfg.out}"
     )

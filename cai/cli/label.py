@@ -108,8 +108,10 @@ def print_summary(s: LabelSummary) -> None:
 
     console.print(
         f"[bold green]done[/] {s.judged} pairs judged from {s.groups} prompts ({s.judged_now} in this run): "
-        f"{s.pairs} preference pairs, {s.ties} ties, {s.identical} identical skipped, {s.rejected} rejected\n"
-        f"  position agreement {pct(s.position_agreement)}, first-position picks {pct(s.first_position_rate)}, "
+        f"{s.pairs} preference pairs, {s.ties} ties, {s.identical} identical skipped, {s.rejected} rejected"
+        + (f"; {s.stale} stale judgments recomputed" if s.stale else "")
+        + (f"; {s.resampled} prompts' stale samples recomputed" if s.resampled else "") + "\n"
+        + f"  position agreement {pct(s.position_agreement)}, first-position picks {pct(s.first_position_rate)}, "
         f"mean |p - 0.5| {'-' if s.mean_margin is None else f'{s.mean_margin:.3f}'}, "
         f"option mass {'-' if s.option_mass is None else f'{s.option_mass:.2f}'}\n"
         f"  {s.prompt_tokens} judge prompt tokens in {s.seconds:.1f} s -> {s.out} "

@@ -97,7 +97,7 @@ def print_summary(s: ReviseSummary) -> None:
         + (f" (see {s.out / 'rejects.jsonl'})" if s.rejected else "")
         + f"; {s.records} records, {s.flagged} flagged"
         + (f" ({', '.join(f'{k} {v}' for k, v in s.flags.items())})" if s.flags else "")
-        + (f", {s.stale} stale (kept with --force)" if s.stale else "")
+        + (f"; {s.stale} stale recomputed (made from other inputs than today's)" if s.stale else "")
     )
     console.print(
         f"{s.prompt_tokens} prompt + {s.completion_tokens} completion tokens in {s.seconds:.1f} s "

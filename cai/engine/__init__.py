@@ -11,20 +11,24 @@ __all__ = ["Completion", "Conversation", "Engine", "EngineConfig", "Message", "P
 
 
 def make_engine(cfg: EngineConfig) -> Engine:
-    """Build the configured backend. Resolves (and on first use prepares) the model."""
+    """Build the configured backend. Resolves (and on first use prepares) the model. The engine's
+    `fingerprint` is the model folder's (`cai.models.fingerprint`), for the records' keys."""
     from cai import models
 
+    path = models.resolve(cfg.model)
     if cfg.backend == "http":
         from cai.engine.http import HTTPEngine
 
-        return HTTPEngine.load(models.resolve(cfg.model), cfg, model_name=models.display_name(cfg.model))
-    path = models.resolve(cfg.model)
-    if cfg.backend == "vllm":
+        engine: Engine = HTTPEngine.load(path, cfg, model_name=models.display_name(cfg.model))
+    elif cfg.backend == "vllm":
         from cai.engine.vllm import VLLMEngine
 
-        return VLLMEngine(path, cfg, model_name=models.display_name(cfg.model))
-    if cfg.backend == "hf":
+        engine = VLLMEngine(path, cfg, model_name=models.display_name(cfg.model))
+    elif cfg.backend == "hf":
         from cai.engine.hf import HFEngine
 
-        return HFEngine.load(path, cfg, model_name=models.display_name(cfg.model))
-    raise ConfigError(f"unknown backend {cfg.backend!r}", fix="use vllm, hf or http")
+        engine = HFEngine.load(path, cfg, model_name=models.display_name(cfg.model))
+    else:
+        raise ConfigError(f"unknown backend {cfg.backend!r}", fix="use vllm, hf or http")
+    engine.fingerprint = models.fingerprint(path)
+    return engine

@@ -54,7 +54,16 @@ class Sampling:
         return d
 
 
-FinishReason = Literal["stop", "length", "error"]
+FinishReason = str
+""""stop", "length", or what else the engine said ("abort", "error", ...; "unknown" for none)."""
+FINISHED = ("stop", "length")
+"""The finish reasons of a completion that ran its course; any other one is flagged downstream."""
+
+
+def finish_reason(raw: object) -> FinishReason:
+    """An engine's finish reason as cai stores it: kept as the engine said it, never mapped to
+    "stop" (an aborted or failed request is not a finished answer); None becomes "unknown"."""
+    return "unknown" if raw is None else str(raw)
 
 
 @dataclass(frozen=True)
@@ -65,7 +74,8 @@ class Completion:
     prompt_tokens: int
     completion_tokens: int
     finish_reason: FinishReason
-    """"stop": ended on EOS or a stop string; "length": hit max_tokens."""
+    """"stop": ended on EOS or a stop string; "length": hit max_tokens; anything else (e.g.
+    "abort", "error", "unknown") means the text is not a finished answer (see `finish_reason`)."""
     token_ids: tuple[int, ...] = field(default=(), repr=False)
     logprobs: tuple[float, ...] | None = field(default=None, repr=False)
 

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from cai.config import EngineConfig
 from cai.engine import tokens
-from cai.engine.base import Completion, Engine, Prompt, Sampling, request_seeds
+from cai.engine.base import Completion, Engine, Prompt, Sampling, finish_reason, request_seeds
 from cai.errors import EngineError
 
 RETRYABLE_STATUS = {408, 425, 429, 500, 502, 503, 504}
@@ -116,18 +116,30 @@ class HTTPEngine(tokens.TokenizerMixin, Engine):
             else:
                 body["prompt"] = prompt
                 out = self._request("/completions", body)
-            n_prompt = out.get("usage", {}).get("prompt_tokens", 0)
-            comps = []
-            for ch in sorted(out["choices"], key=lambda c: c["index"]):
-                text = ch["message"]["content"] if chat else ch["text"]
-                text = text or ""
-                comps.append(Completion(text=text, prompt_tokens=n_prompt,
-                                        completion_tokens=len(tokens.encode(self.tokenizer, text)),
-                                        finish_reason="length" if ch.get("finish_reason") == "length" else "stop"))
-            return comps
+            return self._completions(out, prompt)
 
         items = list(zip(request_seeds(sampling, len(prompts), seeds), prompts, strict=True))
         return [c for group in self._map(one, items) for c in group]
+
+    def _completions(self, out: dict, prompt: Prompt) -> list[Completion]:
+        """The choices of one response. Token counts are the server's own (`usage`): they count
+        what it tokenized and generated, which a local re-encoding of the returned text may not."""
+        chat = not isinstance(prompt, str)
+        choices = sorted(out["choices"], key=lambda c: c["index"])
+        texts = [(ch["message"]["content"] if chat else ch["text"]) or "" for ch in choices]
+        usage = out.get("usage") or {}
+        n_prompt = usage.get("prompt_tokens")
+        if n_prompt is None:  # a server that sends no usage: count locally, as the other backends do
+            n_prompt = len(tokens.encode(self.tokenizer, tokens.prompt_text(self.tokenizer, prompt)))
+        if usage.get("completion_tokens") is not None and len(choices) == 1:
+            counts = [usage["completion_tokens"]]
+        else:
+            # No usage, or n > 1 (usage then holds one total for all choices, not one per choice):
+            # each choice's count comes from encoding its text locally.
+            counts = [len(tokens.encode(self.tokenizer, t)) for t in texts]
+        return [Completion(text=t, prompt_tokens=n_prompt, completion_tokens=n,
+                           finish_reason=finish_reason(ch.get("finish_reason")))
+                for t, n, ch in zip(texts, counts, choices, strict=True)]
 
     def option_logprobs(self, prompts: list[str], options: list[str]) -> list[list[float]]:
         prompt_ids, option_ids = tokens.option_sequences(self.tokenizer, prompts, options)

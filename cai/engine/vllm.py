@@ -12,7 +12,7 @@ from collections.abc import Iterable
 
 from cai.config import EngineConfig
 from cai.engine import tokens
-from cai.engine.base import Completion, Engine, Prompt, Sampling, request_seeds
+from cai.engine.base import Completion, Engine, Prompt, Sampling, finish_reason, request_seeds
 from cai.errors import EngineError
 
 
@@ -106,7 +106,7 @@ class VLLMEngine(tokens.TokenizerMixin, Engine):
                         text=o.text,
                         prompt_tokens=len(prompt_ids),
                         completion_tokens=len(o.token_ids),
-                        finish_reason="length" if o.finish_reason == "length" else "stop",
+                        finish_reason=finish_reason(o.finish_reason),
                         token_ids=tuple(o.token_ids),
                         logprobs=lps,
                     )
