@@ -94,10 +94,13 @@ class JsonlStore:
 
     `current_keys` (id -> the key today's inputs give that record): a stored record whose `key`
     differs is stale; it is removed from the file (rewritten atomically, the other lines kept
-    byte for byte) so that its id is made again. `stale` lists the ids removed."""
+    byte for byte) so that its id is made again. `stale` lists the ids removed. Records of ids
+    not in `current_keys` are kept (a judge eval with a smaller --limit), unless `drop_unknown`:
+    then they are removed too and listed in `removed` (a stage whose outputs are everything in
+    the store, such as revise: an edited prompt without an id column has a new id)."""
 
     def __init__(self, path: Path, key: str = "id", flush_every: int = 1,
-                 current_keys: Mapping[str, str] | None = None):
+                 current_keys: Mapping[str, str] | None = None, drop_unknown: bool = False):
         self.path = Path(path)
         self.key = key
         self.flush_every = flush_every
@@ -105,11 +108,14 @@ class JsonlStore:
         repair_torn_tail(self.path)
         self.done: set[str] = set()
         self.stale: list[str] = []
+        self.removed: list[str] = []
         if self.path.exists():
             lines = _indexed_lines(self.path, key)
             if current_keys is not None:
-                self.stale = _drop_stale(self.path, lines, current_keys)
-            self.done = {rid for rid, _, _ in lines} - set(self.stale)
+                self.stale = [rid for rid, _, rec in lines if rid in current_keys and rec.get("key") != current_keys[rid]]
+                self.removed = [rid for rid, _, _ in lines if drop_unknown and rid not in current_keys]
+                _drop_lines(self.path, lines, set(self.stale) | set(self.removed))
+            self.done = {rid for rid, _, _ in lines} - set(self.stale) - set(self.removed)
         self._pending: list[str] = []
         self._f = self.path.open("a", encoding="utf-8")
 
@@ -176,17 +182,16 @@ def _indexed_lines(path: Path, key: str) -> list[tuple[str, str, dict[str, Any]]
     return out
 
 
-def _drop_stale(path: Path, lines: list[tuple[str, str, dict[str, Any]]], current: Mapping[str, str]) -> list[str]:
-    stale = [rid for rid, _, rec in lines if rid in current and rec.get("key") != current[rid]]
-    if stale:
-        gone = set(stale)
-        tmp = path.with_name(path.name + ".tmp")
-        with tmp.open("w", encoding="utf-8") as f:
-            f.writelines(line for rid, line, _ in lines if rid not in gone)
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(path)
-    return stale
+def _drop_lines(path: Path, lines: list[tuple[str, str, dict[str, Any]]], gone: set[str]) -> None:
+    """Rewrite `path` without the records of `gone`, atomically (a crash leaves the old file)."""
+    if not gone:
+        return
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        f.writelines(line for rid, line, _ in lines if rid not in gone)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
 
 
 def write_jsonl_atomic(path: Path, records: Iterable[dict[str, Any]]) -> int:

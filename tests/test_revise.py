@@ -409,6 +409,25 @@ def test_an_edited_prompt_is_made_again_and_replaces_the_old_record(tmp_path, co
     assert run_revise(cfg, RecordingEngine(), progress=False).stale == 0
 
 
+def test_an_edited_prompt_without_an_id_column_replaces_its_old_record(tmp_path, constitution):
+    # Without ids, a prompt's id is a hash of its text: the edited prompt is a new id, and the
+    # record of the old text must go, or the exports (and `cai label` on this folder) keep a
+    # prompt the input no longer holds.
+    p = tmp_path / "noid.jsonl"
+    p.write_text("".join(json.dumps({"prompt": f"question {i}"}) + "\n" for i in range(5)))
+    cfg = make_cfg(tmp_path, constitution, prompts=p)
+    run_revise(cfg, RecordingEngine(), progress=False)
+    p.write_text(p.read_text().replace('"question 2"', '"question two, edited"'))
+    s = run_revise(cfg, RecordingEngine(), progress=False)
+    assert (s.removed, s.done, s.skipped, s.records) == (1, 1, 4, 5)
+    texts = [r["input"][0]["content"] for r in read_records(tmp_path / "run")]
+    assert "question 2" not in texts and "question two, edited" in texts
+    sft = [json.loads(x)["messages"][0]["content"] for x in (tmp_path / "run" / "sft.jsonl").read_text().splitlines()]
+    assert "question 2" not in sft
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["removed"] == 1
+    assert run_revise(cfg, RecordingEngine(), progress=False).removed == 0
+
+
 def test_an_edited_principle_makes_exactly_its_records_again(tmp_path, constitution):
     cfg = make_cfg(tmp_path, constitution, prompts=prompts_file(tmp_path, 20))
     run_revise(cfg, RecordingEngine(), progress=False)
