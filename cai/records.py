@@ -265,6 +265,10 @@ class RunLockedError(ResumeError):
     """Another process is writing into the same run folder."""
 
 
+class RunLockUnavailableWarning(UserWarning):
+    """The run folder's filesystem does not support flock: the job runs without the run lock."""
+
+
 class RunLock:
     """An exclusive, non-blocking `flock` on a lock file, held for a whole job.
 
@@ -291,6 +295,15 @@ class RunLock:
                 + "; two jobs writing into one run would duplicate its records",
                 fix="wait for that job to finish (or stop it), or use another --out",
             ) from None
+        except OSError as e:
+            # Some shared filesystems do not do flock (Lustre mounted without -o flock, some FUSE
+            # mounts): run unlocked rather than not at all; the stores still refuse an id found
+            # twice on disk.
+            f.close()
+            warnings.warn(f"{self.what}: the run lock cannot be taken on this filesystem ({e}); running "
+                          "without it: make sure no other job writes into this folder",
+                          RunLockUnavailableWarning, stacklevel=2)
+            return self
         f.seek(0)
         f.truncate()
         f.write(f"{os.getpid()}\n")

@@ -123,3 +123,21 @@ def test_the_run_lock_names_its_holder_and_dies_with_it(tmp_path):
         except RunLockedError:
             assert time.monotonic() < deadline, "kill -9 left the folder locked"
             time.sleep(0.05)
+
+
+def test_a_filesystem_without_flock_warns_and_runs_unlocked(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+
+    from cai.records import RunLockUnavailableWarning
+
+    def no_flock(fd, op):
+        raise OSError(errno.ENOSYS, "Function not implemented")  # Lustre mounted without -o flock
+
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    with pytest.warns(RunLockUnavailableWarning, match=rf"{tmp_path}: the run lock cannot be taken on this "
+                                                       r"filesystem \(.*Function not implemented\)"):
+        with lock_run_dir(tmp_path):
+            with JsonlStore(tmp_path / "r.jsonl") as s:
+                s.append({"id": "a"})
+    assert (tmp_path / "r.jsonl").read_text() == '{"id": "a"}\n'
