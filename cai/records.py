@@ -37,24 +37,28 @@ class TornTailWarning(UserWarning):
 
 
 def repair_torn_tail(path: Path) -> int:
-    """Cut a partial last line off `path`. Returns the number of bytes removed."""
+    """Cut a partial last line off `path`. Returns the number of bytes removed. Reads only the
+    end of the file (the last line and the newline before it), whatever its size."""
     if not path.exists():
         return 0
     with path.open("rb+") as f:
-        data = f.read()
-        if not data:
+        size = f.seek(0, os.SEEK_END)
+        if not size:
             return 0
-        keep = len(data)
-        if not data.endswith(b"\n"):
-            keep = data.rfind(b"\n") + 1
+        f.seek(size - 1)
+        whole = f.read(1) == b"\n"
+        start = _line_start(f, size - 1 if whole else size)
+        keep = size
+        if not whole:
+            keep = start
         else:
             # A complete-looking last line can still be garbage if the crash hit mid-buffer.
-            start = data.rfind(b"\n", 0, len(data) - 1) + 1
+            f.seek(start)
             try:
-                json.loads(data[start:])
+                json.loads(f.read(size - start))
             except ValueError:
                 keep = start
-        removed = len(data) - keep
+        removed = size - keep
         if removed:
             f.truncate(keep)
             warnings.warn(
@@ -64,6 +68,19 @@ def repair_torn_tail(path: Path) -> int:
                 stacklevel=2,
             )
         return removed
+
+
+def _line_start(f, end: int, block: int = 1 << 16) -> int:
+    """The offset just after the last newline before `end` (0 if there is none)."""
+    pos = end
+    while pos > 0:
+        step = min(block, pos)
+        f.seek(pos - step)
+        i = f.read(step).rfind(b"\n")
+        if i >= 0:
+            return pos - step + i + 1
+        pos -= step
+    return 0
 
 
 def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
@@ -112,10 +129,10 @@ class JsonlStore:
         if self.path.exists():
             lines = _indexed_lines(self.path, key)
             if current_keys is not None:
-                self.stale = [rid for rid, _, rec in lines if rid in current_keys and rec.get("key") != current_keys[rid]]
-                self.removed = [rid for rid, _, _ in lines if drop_unknown and rid not in current_keys]
-                _drop_lines(self.path, lines, set(self.stale) | set(self.removed))
-            self.done = {rid for rid, _, _ in lines} - set(self.stale) - set(self.removed)
+                self.stale = [rid for rid, k in lines if rid in current_keys and k != current_keys[rid]]
+                self.removed = [rid for rid, _ in lines if drop_unknown and rid not in current_keys]
+                _drop_lines(self.path, key, set(self.stale) | set(self.removed))
+            self.done = {rid for rid, _ in lines} - set(self.stale) - set(self.removed)
         self._pending: list[str] = []
         self._f = self.path.open("a", encoding="utf-8")
 
@@ -159,16 +176,14 @@ class JsonlStore:
         self.close()
 
 
-def _indexed_lines(path: Path, key: str) -> list[tuple[str, str, dict[str, Any]]]:
-    """(id, raw line, record) of every record; an id found twice is an error naming its lines
-    (two processes wrote into one folder without the run lock, e.g. an older cai)."""
+def _indexed_lines(path: Path, key: str) -> list[tuple[str, Any]]:
+    """(id, stored key) of every record, read line by line; an id found twice is an error naming
+    its lines (two processes wrote into one folder without the run lock, e.g. an older cai)."""
     out, seen = [], {}
-    with path.open(encoding="utf-8") as f:
-        raw = [line for line in f if line.strip()]
-    for lineno, (line, rec) in enumerate(zip(raw, read_jsonl(path), strict=True), 1):
+    for lineno, rec in enumerate(read_jsonl(path), 1):
         rid = str(rec[key])
         seen.setdefault(rid, []).append(lineno)
-        out.append((rid, line, rec))
+        out.append((rid, rec.get("key")))
     twice = {rid: lines for rid, lines in seen.items() if len(lines) > 1}
     if twice:
         shown = "; ".join(f"{rid!r} on lines {', '.join(map(str, lines))}" for rid, lines in list(twice.items())[:5])
@@ -182,13 +197,16 @@ def _indexed_lines(path: Path, key: str) -> list[tuple[str, str, dict[str, Any]]
     return out
 
 
-def _drop_lines(path: Path, lines: list[tuple[str, str, dict[str, Any]]], gone: set[str]) -> None:
-    """Rewrite `path` without the records of `gone`, atomically (a crash leaves the old file)."""
+def _drop_lines(path: Path, key: str, gone: set[str]) -> None:
+    """Rewrite `path` without the records of `gone`, the other lines byte for byte, line by line
+    and atomically (a crash leaves the old file)."""
     if not gone:
         return
     tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        f.writelines(line for rid, line, _ in lines if rid not in gone)
+    with path.open(encoding="utf-8") as src, tmp.open("w", encoding="utf-8") as f:
+        for line in src:
+            if line.strip() and str(json.loads(line)[key]) not in gone:
+                f.write(line)
         f.flush()
         os.fsync(f.fileno())
     tmp.replace(path)
