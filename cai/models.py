@@ -203,3 +203,11 @@ def identity(cfg: Any, engine: Any = None, context: bool = False) -> dict[str, A
     if context:
         out["max_model_len"] = engine.max_model_len if engine is not None else cfg.max_model_len
     return out
+
+
+def key_identity(identity: dict[str, Any]) -> dict[str, Any]:
+    """What of a model's `identity` goes into record keys. A model with a fingerprint is known by
+    its content: its name is left out, since for a local folder it is a path as typed (`./m`,
+    `/abs/m`, another machine's mount) and a moved folder must not make every record stale. A hub
+    id without a local folder (no fingerprint) is known by its name."""
+    return {k: v for k, v in identity.items() if not (k == "model" and identity.get("fingerprint"))}

@@ -392,11 +392,12 @@ def record_key(messages: list[dict[str, str]], c: Constitution, principles: list
     """The key of everything a record is made from: the prompt, the templates and few-shot
     transcripts every prompt shows, what revise reads of the principles this chain drew (id,
     critique, revision: `Principle.revise_hash`, not the judge's question), the model (name,
-    folder fingerprint, backend, dtype: `cai.models.identity`), sampling, seed and the cleaning
+    folder fingerprint, backend, dtype: `cai.models.key_identity`), sampling, seed and the cleaning
     version. The draws themselves depend on the weights table, so an added principle or a new
     weight makes stale exactly the records that now draw another principle."""
     return provenance.key("revise", messages, constitution_prompts(c), [p.revise_hash for p in principles],
-                          cfg.rounds, cfg.direct, model, samplings, cfg.seed, CLEAN_VERSION)
+                          cfg.rounds, cfg.direct, models.key_identity(model), samplings, cfg.seed,
+                          CLEAN_VERSION)
 
 
 def current_keys(inputs: list[PromptRecord], c: Constitution, model: dict[str, Any],

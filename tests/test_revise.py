@@ -382,6 +382,30 @@ def test_another_model_folder_content_is_refused_naming_both_fingerprints(tmp_pa
     assert {r["model_fingerprint"] for r in read_records(tmp_path / "run")} == {"bbbb"}
 
 
+def test_the_same_model_under_another_path_keeps_every_record(tmp_path, constitution):
+    # A model folder moved (another machine, another mount, `./m` for `/abs/m`): its content,
+    # the fingerprint, is the same, so --force to accept the new path remakes nothing.
+    from cai.config import EngineConfig
+
+    eng = RecordingEngine()
+    eng.fingerprint, eng.model_name = "aaaa", "/home/alice/models/m"
+    run_revise(make_cfg(tmp_path, constitution, engine=EngineConfig(model="/home/alice/models/m")), eng,
+               progress=False)
+    eng = RecordingEngine()
+    eng.fingerprint, eng.model_name = "aaaa", "/scratch/bob/m"
+    cfg = make_cfg(tmp_path, constitution, engine=EngineConfig(model="/scratch/bob/m"))
+    with pytest.raises(ResumeError, match=r"engine.model: '/home/alice/models/m' -> '/scratch/bob/m'"):
+        run_revise(cfg, eng, progress=False)
+    s = run_revise(cfg, eng, force=True, progress=False)
+    assert (s.stale, s.done, s.skipped) == (0, 0, 5)
+    # Without a fingerprint (a hub id that is not in a local folder) the name is all there is.
+    eng = RecordingEngine()
+    eng.model_name = "org/other"
+    s = run_revise(make_cfg(tmp_path, constitution, engine=EngineConfig(model="org/other")), eng, force=True,
+                   progress=False)
+    assert (s.stale, s.done) == (5, 5)
+
+
 def test_a_new_cleaning_version_is_refused_then_recomputed(tmp_path, constitution, monkeypatch):
     import cai.revise
 
