@@ -157,7 +157,9 @@ FINGERPRINT_FILES = (
     "chat_template.jinja", "chat_template.json", "model.safetensors.index.json", "pytorch_model.bin.index.json",
 )
 """Small files of a model folder hashed whole: architecture, tokenizer, chat template, weights index."""
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf")
+"""Weight files (`.pth`: e.g. the `consolidated.pth` of Mistral-format folders vLLM loads). A folder
+whose weights are all in another format is fingerprinted by its small files only."""
 SAMPLES_PER_WEIGHT_FILE = 8
 SAMPLE_BYTES = 64 * 1024
 """Weights are not read whole (gigabytes): each file contributes its size and 8 slices of 64 KiB
