@@ -65,7 +65,7 @@ class GenerateSummary:
 
 
 def record_key(r: PromptRecord, model: dict, sampling: Sampling, seed: int) -> str:
-    return provenance.key(r.messages, model, sampling.to_dict(), seed)
+    return provenance.key(r.messages, models.key_identity(model), sampling.to_dict(), seed)
 
 
 def run_generate(cfg: GenerateConfig, engine: Engine | None = None) -> GenerateSummary:

@@ -36,7 +36,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from cai import config, provenance
+from cai import config, models, provenance
 from cai.config import EngineConfig
 from cai.constitution import Constitution, Principle
 from cai.engine import Conversation, Engine, Sampling
@@ -318,11 +318,12 @@ def judge_prompts(c: Constitution) -> str:
 
 def judgment_key(pair: Pair, principles: list[Principle] | tuple[Principle, ...], judge: dict[str, Any],
                  c: Constitution, judging: JudgeOptions, seed: int) -> str:
-    """Everything that decides a verdict: the texts, the judge (`cai.models.identity`), what the judge
+    """Everything that decides a verdict: the texts, the judge (`cai.models.key_identity`), what the judge
     reads of the principles drawn (id and question: `Principle.judge_hash`, not the critique or
     revision requests), the judge prompts, the options and the seed (CoT rationales). Shared by
     `cai label` and `cai judge eval`; `judge` is `cai.models.identity(..., context=True)`."""
-    return provenance.key(pair.conversation, pair.x, pair.y, judge, [p.judge_hash for p in principles],
+    return provenance.key(pair.conversation, pair.x, pair.y, models.key_identity(judge),
+                          [p.judge_hash for p in principles],
                           judge_prompts(c), config.to_jsonable(judging), seed)
 
 

@@ -348,9 +348,9 @@ def policy_sampling(cfg: LabelConfig) -> Sampling:
 
 def sample_key(cfg: LabelConfig, r: Any, policy: dict[str, Any]) -> str:
     """The key of a prompt's stored samples (or of its too-long reject): the prompt, the policy
-    (`cai.models.identity`), the sampling and the seed."""
+    (`cai.models.key_identity`), the sampling and the seed."""
     seed = provenance.derive_seed(cfg.seed, r.id, "policy")
-    return provenance.key(r.messages, policy, policy_sampling(cfg).to_dict(), seed)
+    return provenance.key(r.messages, models.key_identity(policy), policy_sampling(cfg).to_dict(), seed)
 
 
 def sample_prompt_groups(cfg: LabelConfig, store: JsonlStore, records: list, engine: Engine,

@@ -157,7 +157,9 @@ FINGERPRINT_FILES = (
     "chat_template.jinja", "chat_template.json", "model.safetensors.index.json", "pytorch_model.bin.index.json",
 )
 """Small files of a model folder hashed whole: architecture, tokenizer, chat template, weights index."""
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf")
+"""Weight files (`.pth`: e.g. the `consolidated.pth` of Mistral-format folders vLLM loads). A folder
+whose weights are all in another format is fingerprinted by its small files only."""
 SAMPLES_PER_WEIGHT_FILE = 8
 SAMPLE_BYTES = 64 * 1024
 """Weights are not read whole (gigabytes): each file contributes its size and 8 slices of 64 KiB
@@ -203,3 +205,11 @@ def identity(cfg: Any, engine: Any = None, context: bool = False) -> dict[str, A
     if context:
         out["max_model_len"] = engine.max_model_len if engine is not None else cfg.max_model_len
     return out
+
+
+def key_identity(identity: dict[str, Any]) -> dict[str, Any]:
+    """What of a model's `identity` goes into record keys. A model with a fingerprint is known by
+    its content: its name is left out, since for a local folder it is a path as typed (`./m`,
+    `/abs/m`, another machine's mount) and a moved folder must not make every record stale. A hub
+    id without a local folder (no fingerprint) is known by its name."""
+    return {k: v for k, v in identity.items() if not (k == "model" and identity.get("fingerprint"))}

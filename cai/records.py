@@ -37,24 +37,28 @@ class TornTailWarning(UserWarning):
 
 
 def repair_torn_tail(path: Path) -> int:
-    """Cut a partial last line off `path`. Returns the number of bytes removed."""
+    """Cut a partial last line off `path`. Returns the number of bytes removed. Reads only the
+    end of the file (the last line and the newline before it), whatever its size."""
     if not path.exists():
         return 0
     with path.open("rb+") as f:
-        data = f.read()
-        if not data:
+        size = f.seek(0, os.SEEK_END)
+        if not size:
             return 0
-        keep = len(data)
-        if not data.endswith(b"\n"):
-            keep = data.rfind(b"\n") + 1
+        f.seek(size - 1)
+        whole = f.read(1) == b"\n"
+        start = _line_start(f, size - 1 if whole else size)
+        keep = size
+        if not whole:
+            keep = start
         else:
             # A complete-looking last line can still be garbage if the crash hit mid-buffer.
-            start = data.rfind(b"\n", 0, len(data) - 1) + 1
+            f.seek(start)
             try:
-                json.loads(data[start:])
+                json.loads(f.read(size - start))
             except ValueError:
                 keep = start
-        removed = len(data) - keep
+        removed = size - keep
         if removed:
             f.truncate(keep)
             warnings.warn(
@@ -64,6 +68,19 @@ def repair_torn_tail(path: Path) -> int:
                 stacklevel=2,
             )
         return removed
+
+
+def _line_start(f, end: int, block: int = 1 << 16) -> int:
+    """The offset just after the last newline before `end` (0 if there is none)."""
+    pos = end
+    while pos > 0:
+        step = min(block, pos)
+        f.seek(pos - step)
+        i = f.read(step).rfind(b"\n")
+        if i >= 0:
+            return pos - step + i + 1
+        pos -= step
+    return 0
 
 
 def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
@@ -94,10 +111,13 @@ class JsonlStore:
 
     `current_keys` (id -> the key today's inputs give that record): a stored record whose `key`
     differs is stale; it is removed from the file (rewritten atomically, the other lines kept
-    byte for byte) so that its id is made again. `stale` lists the ids removed."""
+    byte for byte) so that its id is made again. `stale` lists the ids removed. Records of ids
+    not in `current_keys` are kept (a judge eval with a smaller --limit), unless `drop_unknown`:
+    then they are removed too and listed in `removed` (a stage whose outputs are everything in
+    the store, such as revise: an edited prompt without an id column has a new id)."""
 
     def __init__(self, path: Path, key: str = "id", flush_every: int = 1,
-                 current_keys: Mapping[str, str] | None = None):
+                 current_keys: Mapping[str, str] | None = None, drop_unknown: bool = False):
         self.path = Path(path)
         self.key = key
         self.flush_every = flush_every
@@ -105,11 +125,14 @@ class JsonlStore:
         repair_torn_tail(self.path)
         self.done: set[str] = set()
         self.stale: list[str] = []
+        self.removed: list[str] = []
         if self.path.exists():
             lines = _indexed_lines(self.path, key)
             if current_keys is not None:
-                self.stale = _drop_stale(self.path, lines, current_keys)
-            self.done = {rid for rid, _, _ in lines} - set(self.stale)
+                self.stale = [rid for rid, k in lines if rid in current_keys and k != current_keys[rid]]
+                self.removed = [rid for rid, _ in lines if drop_unknown and rid not in current_keys]
+                _drop_lines(self.path, key, set(self.stale) | set(self.removed))
+            self.done = {rid for rid, _ in lines} - set(self.stale) - set(self.removed)
         self._pending: list[str] = []
         self._f = self.path.open("a", encoding="utf-8")
 
@@ -153,16 +176,14 @@ class JsonlStore:
         self.close()
 
 
-def _indexed_lines(path: Path, key: str) -> list[tuple[str, str, dict[str, Any]]]:
-    """(id, raw line, record) of every record; an id found twice is an error naming its lines
-    (two processes wrote into one folder without the run lock, e.g. an older cai)."""
+def _indexed_lines(path: Path, key: str) -> list[tuple[str, Any]]:
+    """(id, stored key) of every record, read line by line; an id found twice is an error naming
+    its lines (two processes wrote into one folder without the run lock, e.g. an older cai)."""
     out, seen = [], {}
-    with path.open(encoding="utf-8") as f:
-        raw = [line for line in f if line.strip()]
-    for lineno, (line, rec) in enumerate(zip(raw, read_jsonl(path), strict=True), 1):
+    for lineno, rec in enumerate(read_jsonl(path), 1):
         rid = str(rec[key])
         seen.setdefault(rid, []).append(lineno)
-        out.append((rid, line, rec))
+        out.append((rid, rec.get("key")))
     twice = {rid: lines for rid, lines in seen.items() if len(lines) > 1}
     if twice:
         shown = "; ".join(f"{rid!r} on lines {', '.join(map(str, lines))}" for rid, lines in list(twice.items())[:5])
@@ -176,17 +197,19 @@ def _indexed_lines(path: Path, key: str) -> list[tuple[str, str, dict[str, Any]]
     return out
 
 
-def _drop_stale(path: Path, lines: list[tuple[str, str, dict[str, Any]]], current: Mapping[str, str]) -> list[str]:
-    stale = [rid for rid, _, rec in lines if rid in current and rec.get("key") != current[rid]]
-    if stale:
-        gone = set(stale)
-        tmp = path.with_name(path.name + ".tmp")
-        with tmp.open("w", encoding="utf-8") as f:
-            f.writelines(line for rid, line, _ in lines if rid not in gone)
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(path)
-    return stale
+def _drop_lines(path: Path, key: str, gone: set[str]) -> None:
+    """Rewrite `path` without the records of `gone`, the other lines byte for byte, line by line
+    and atomically (a crash leaves the old file)."""
+    if not gone:
+        return
+    tmp = path.with_name(path.name + ".tmp")
+    with path.open(encoding="utf-8") as src, tmp.open("w", encoding="utf-8") as f:
+        for line in src:
+            if line.strip() and str(json.loads(line)[key]) not in gone:
+                f.write(line)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
 
 
 def write_jsonl_atomic(path: Path, records: Iterable[dict[str, Any]]) -> int:
@@ -260,6 +283,10 @@ class RunLockedError(ResumeError):
     """Another process is writing into the same run folder."""
 
 
+class RunLockUnavailableWarning(UserWarning):
+    """The run folder's filesystem does not support flock: the job runs without the run lock."""
+
+
 class RunLock:
     """An exclusive, non-blocking `flock` on a lock file, held for a whole job.
 
@@ -286,6 +313,15 @@ class RunLock:
                 + "; two jobs writing into one run would duplicate its records",
                 fix="wait for that job to finish (or stop it), or use another --out",
             ) from None
+        except OSError as e:
+            # Some shared filesystems do not do flock (Lustre mounted without -o flock, some FUSE
+            # mounts): run unlocked rather than not at all; the stores still refuse an id found
+            # twice on disk.
+            f.close()
+            warnings.warn(f"{self.what}: the run lock cannot be taken on this filesystem ({e}); running "
+                          "without it: make sure no other job writes into this folder",
+                          RunLockUnavailableWarning, stacklevel=2)
+            return self
         f.seek(0)
         f.truncate()
         f.write(f"{os.getpid()}\n")

@@ -148,6 +148,10 @@ class ReviseSummary:
     stale: int
     """Records of an earlier run whose key differs from what today's inputs make (an edited
     prompt or principle, or a setting accepted with --force): they were made again (in `done`)."""
+    removed: int
+    """Records of an earlier run whose id is no longer among the inputs (a prompt taken out of the
+    file, or edited in a file without an id column, where the id is a hash of the text): removed
+    from records.jsonl, so neither the exports nor `cai label` see them."""
     principle_usage: dict[str, int]
     """How often each principle was drawn, over all records and rounds."""
     steps: dict[str, StepStats]
@@ -192,9 +196,10 @@ def _run(cfg: ReviseConfig, engine: Engine | None, inputs: list[PromptRecord], r
 
         # 3. The chains, chunk by chunk; each finished chunk is appended and fsynced.
         # Records whose key differs from today's are dropped here and made again with the rest.
-        store = JsonlStore(out / RECORDS_FILE, flush_every=cfg.chunk_size + 1, current_keys=keys)
+        # So are records of ids no longer among the inputs: the exports are everything in the file.
+        store = JsonlStore(out / RECORDS_FILE, flush_every=cfg.chunk_size + 1, current_keys=keys, drop_unknown=True)
         pending = [r for r in inputs if r.id not in store]
-        skipped, stale = len(inputs) - len(pending), len(store.stale)
+        skipped, stale, removed = len(inputs) - len(pending), len(store.stale), len(store.removed)
         steps: dict[str, StepStats] = {name: StepStats() for name in step_names(cfg)}
         t0 = time.perf_counter()
         with store, make_progress("records", console=None if progress else _quiet()) as bars:
@@ -215,6 +220,7 @@ def _run(cfg: ReviseConfig, engine: Engine | None, inputs: list[PromptRecord], r
     summary = ReviseSummary(
         records=len(records), done=len(pending), skipped=skipped, rejected=len(rejects),
         flagged=sum(bool(r["flags"]) for r in records), flags=dict(flags.most_common()), stale=stale,
+        removed=removed,
         principle_usage=dict(usage.most_common()), steps=steps,
         prompt_tokens=sum(s.prompt_tokens for s in steps.values()),
         completion_tokens=sum(s.completion_tokens for s in steps.values()),
@@ -386,11 +392,12 @@ def record_key(messages: list[dict[str, str]], c: Constitution, principles: list
     """The key of everything a record is made from: the prompt, the templates and few-shot
     transcripts every prompt shows, what revise reads of the principles this chain drew (id,
     critique, revision: `Principle.revise_hash`, not the judge's question), the model (name,
-    folder fingerprint, backend, dtype: `cai.models.identity`), sampling, seed and the cleaning
+    folder fingerprint, backend, dtype: `cai.models.key_identity`), sampling, seed and the cleaning
     version. The draws themselves depend on the weights table, so an added principle or a new
     weight makes stale exactly the records that now draw another principle."""
     return provenance.key("revise", messages, constitution_prompts(c), [p.revise_hash for p in principles],
-                          cfg.rounds, cfg.direct, model, samplings, cfg.seed, CLEAN_VERSION)
+                          cfg.rounds, cfg.direct, models.key_identity(model), samplings, cfg.seed,
+                          CLEAN_VERSION)
 
 
 def current_keys(inputs: list[PromptRecord], c: Constitution, model: dict[str, Any],

@@ -121,3 +121,14 @@ def test_make_engine_stamps_the_fingerprint(monkeypatch, tmp_path):
     assert engine.fingerprint == models.fingerprint(tmp_path)
     assert models.identity(EngineConfig(backend="hf", model=str(tmp_path)), engine)["fingerprint"] == \
         models.identity(EngineConfig(backend="hf", model=str(tmp_path)))["fingerprint"]
+
+
+@pytest.mark.parametrize("name", ["consolidated.pth", "model.ckpt", "pytorch_model.bin", "model.safetensors"])
+def test_fingerprint_sees_every_weight_format_a_backend_loads(tmp_path, name):
+    # Keys know a fingerprinted model by its content alone (cai.models.key_identity), so weights
+    # the fingerprint skipped would make two fine-tunes with one config.json look the same.
+    (tmp_path / "config.json").write_text('{"a": 1}')
+    (tmp_path / name).write_bytes(b"\0" * 4096)
+    base = models.fingerprint(tmp_path)
+    (tmp_path / name).write_bytes(b"\1" * 4096)
+    assert models.fingerprint(tmp_path) != base

@@ -123,3 +123,46 @@ def test_the_run_lock_names_its_holder_and_dies_with_it(tmp_path):
         except RunLockedError:
             assert time.monotonic() < deadline, "kill -9 left the folder locked"
             time.sleep(0.05)
+
+
+def test_a_filesystem_without_flock_warns_and_runs_unlocked(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+
+    from cai.records import RunLockUnavailableWarning
+
+    def no_flock(fd, op):
+        raise OSError(errno.ENOSYS, "Function not implemented")  # Lustre mounted without -o flock
+
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    with pytest.warns(RunLockUnavailableWarning, match=rf"{tmp_path}: the run lock cannot be taken on this "
+                                                       r"filesystem \(.*Function not implemented\)"):
+        with lock_run_dir(tmp_path):
+            with JsonlStore(tmp_path / "r.jsonl") as s:
+                s.append({"id": "a"})
+    assert (tmp_path / "r.jsonl").read_text() == '{"id": "a"}\n'
+
+
+def test_opening_a_large_store_streams_it(tmp_path):
+    # A store is read line by line: opening one (torn-tail check, duplicate ids, stale keys and
+    # the rewrite without them) holds ids and keys, not every record, in memory.
+    import tracemalloc
+
+    p = tmp_path / "big.jsonl"
+    payload = "x" * 4000
+    with p.open("w") as f:
+        for i in range(5000):  # 20 MB
+            f.write(json.dumps({"id": f"r{i}", "key": "k", "text": payload}) + "\n")
+        f.write('{"id": "torn", "te')
+    keys = {f"r{i}": "k" if i % 2 else "new" for i in range(5000)}
+    tracemalloc.start()
+    try:
+        with pytest.warns(TornTailWarning):
+            s = JsonlStore(p, current_keys=keys)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    s.close()
+    assert len(s.stale) == 2500 and len(s) == 2500
+    assert [json.loads(x)["id"] for x in p.read_text().splitlines()] == [f"r{i}" for i in range(1, 5000, 2)]
+    assert peak < 5_000_000, f"peak {peak / 1e6:.0f} MB for a 20 MB store"

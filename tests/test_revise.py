@@ -382,6 +382,30 @@ def test_another_model_folder_content_is_refused_naming_both_fingerprints(tmp_pa
     assert {r["model_fingerprint"] for r in read_records(tmp_path / "run")} == {"bbbb"}
 
 
+def test_the_same_model_under_another_path_keeps_every_record(tmp_path, constitution):
+    # A model folder moved (another machine, another mount, `./m` for `/abs/m`): its content,
+    # the fingerprint, is the same, so --force to accept the new path remakes nothing.
+    from cai.config import EngineConfig
+
+    eng = RecordingEngine()
+    eng.fingerprint, eng.model_name = "aaaa", "/home/alice/models/m"
+    run_revise(make_cfg(tmp_path, constitution, engine=EngineConfig(model="/home/alice/models/m")), eng,
+               progress=False)
+    eng = RecordingEngine()
+    eng.fingerprint, eng.model_name = "aaaa", "/scratch/bob/m"
+    cfg = make_cfg(tmp_path, constitution, engine=EngineConfig(model="/scratch/bob/m"))
+    with pytest.raises(ResumeError, match=r"engine.model: '/home/alice/models/m' -> '/scratch/bob/m'"):
+        run_revise(cfg, eng, progress=False)
+    s = run_revise(cfg, eng, force=True, progress=False)
+    assert (s.stale, s.done, s.skipped) == (0, 0, 5)
+    # Without a fingerprint (a hub id that is not in a local folder) the name is all there is.
+    eng = RecordingEngine()
+    eng.model_name = "org/other"
+    s = run_revise(make_cfg(tmp_path, constitution, engine=EngineConfig(model="org/other")), eng, force=True,
+                   progress=False)
+    assert (s.stale, s.done) == (5, 5)
+
+
 def test_a_new_cleaning_version_is_refused_then_recomputed(tmp_path, constitution, monkeypatch):
     import cai.revise
 
@@ -407,6 +431,25 @@ def test_an_edited_prompt_is_made_again_and_replaces_the_old_record(tmp_path, co
     sft = [json.loads(x) for x in (tmp_path / "run" / "sft.jsonl").read_text().splitlines()]
     assert [r["messages"][0]["content"] for r in sft if r["id"] == "r2"] == ["question two, edited"]
     assert run_revise(cfg, RecordingEngine(), progress=False).stale == 0
+
+
+def test_an_edited_prompt_without_an_id_column_replaces_its_old_record(tmp_path, constitution):
+    # Without ids, a prompt's id is a hash of its text: the edited prompt is a new id, and the
+    # record of the old text must go, or the exports (and `cai label` on this folder) keep a
+    # prompt the input no longer holds.
+    p = tmp_path / "noid.jsonl"
+    p.write_text("".join(json.dumps({"prompt": f"question {i}"}) + "\n" for i in range(5)))
+    cfg = make_cfg(tmp_path, constitution, prompts=p)
+    run_revise(cfg, RecordingEngine(), progress=False)
+    p.write_text(p.read_text().replace('"question 2"', '"question two, edited"'))
+    s = run_revise(cfg, RecordingEngine(), progress=False)
+    assert (s.removed, s.done, s.skipped, s.records) == (1, 1, 4, 5)
+    texts = [r["input"][0]["content"] for r in read_records(tmp_path / "run")]
+    assert "question 2" not in texts and "question two, edited" in texts
+    sft = [json.loads(x)["messages"][0]["content"] for x in (tmp_path / "run" / "sft.jsonl").read_text().splitlines()]
+    assert "question 2" not in sft
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["removed"] == 1
+    assert run_revise(cfg, RecordingEngine(), progress=False).removed == 0
 
 
 def test_an_edited_principle_makes_exactly_its_records_again(tmp_path, constitution):

@@ -98,6 +98,7 @@ def print_summary(s: ReviseSummary) -> None:
         + f"; {s.records} records, {s.flagged} flagged"
         + (f" ({', '.join(f'{k} {v}' for k, v in s.flags.items())})" if s.flags else "")
         + (f"; {s.stale} stale recomputed (made from other inputs than today's)" if s.stale else "")
+        + (f"; {s.removed} removed (their prompts are no longer in the input)" if s.removed else "")
     )
     console.print(
         f"{s.prompt_tokens} prompt + {s.completion_tokens} completion tokens in {s.seconds:.1f} s "
