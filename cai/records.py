@@ -197,18 +197,31 @@ def _indexed_lines(path: Path, key: str) -> list[tuple[str, Any]]:
     return out
 
 
+def stale_archive(path: Path) -> Path:
+    """Where records dropped from `path` are kept: `records.jsonl` -> `records.jsonl.stale` (not
+    `*.jsonl`, so nothing that globs a run folder's outputs reads them)."""
+    return path.with_name(path.name + ".stale")
+
+
 def _drop_lines(path: Path, key: str, gone: set[str]) -> None:
     """Rewrite `path` without the records of `gone`, the other lines byte for byte, line by line
-    and atomically (a crash leaves the old file)."""
+    and atomically (a crash leaves the old file).
+
+    The dropped lines are first appended (fsynced) to `stale_archive(path)`: a principle edited
+    by mistake, or a mistaken --force, must not destroy hours of generations for good. A crash
+    between the two steps can archive a line twice; the store itself is never wrong."""
     if not gone:
         return
     tmp = path.with_name(path.name + ".tmp")
-    with path.open(encoding="utf-8") as src, tmp.open("w", encoding="utf-8") as f:
+    with path.open(encoding="utf-8") as src, tmp.open("w", encoding="utf-8") as f, \
+            stale_archive(path).open("a", encoding="utf-8") as archive:
         for line in src:
-            if line.strip() and str(json.loads(line)[key]) not in gone:
-                f.write(line)
-        f.flush()
-        os.fsync(f.fileno())
+            if not line.strip():
+                continue
+            (archive if str(json.loads(line)[key]) in gone else f).write(line)
+        for out in (archive, f):
+            out.flush()
+            os.fsync(out.fileno())
     tmp.replace(path)
 
 

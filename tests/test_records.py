@@ -75,6 +75,12 @@ def test_store_drops_stale_records_and_keeps_the_other_lines_byte_for_byte(tmp_p
         assert s.stale == ["b"] and "b" not in s and "a" in s and "x" in s
         s.append({"id": "b", "key": "2b"})
     assert p.read_text() == lines[0] + lines[2] + lines[3] + json.dumps({"id": "b", "key": "2b"}) + "\n"
+    # The dropped line is kept, byte for byte, where nothing reads it as output.
+    assert (tmp_path / "r.jsonl.stale").read_text() == lines[1]
+    # A second edit appends to the archive, never overwrites it.
+    with JsonlStore(p, current_keys={"a": "1b"}):
+        pass
+    assert (tmp_path / "r.jsonl.stale").read_text() == lines[1] + lines[0]
 
 
 def test_store_names_ids_found_twice_on_disk(tmp_path):
