@@ -47,6 +47,7 @@ from cai.train_common import (
     mark_finished,
     read_rows,
     seed_everything,
+    training_inputs,
 )
 
 Message = dict[str, str]
@@ -433,9 +434,6 @@ def train_reward(cfg: RMConfig, *, force: bool = False, progress: bool = True,
 
     from cai.reward_eval import evaluate_pairs
 
-    if (done := finished_run(Path(cfg.out), cfg)) is not None:
-        return done
-    out = records.open_run_dir(Path(cfg.out), cfg, force)
     t0 = time.time()
     path = models.resolve(cfg.base)
     tokenizer = load_tokenizer(path)
@@ -446,6 +444,10 @@ def train_reward(cfg: RMConfig, *, force: bool = False, progress: bool = True,
                           fix="set margin_scale: 0, or add a `margin` column")
     held = read_pairs(cfg.eval_prefs, "train") if cfg.eval_prefs else read_pairs(cfg.prefs, "test")
     eval_pairs = held or []
+    inputs = training_inputs({"base": path}, {"train": pairs, "eval": eval_pairs})
+    if (done := finished_run(Path(cfg.out), cfg, inputs)) is not None:
+        return done
+    out = records.open_run_dir(Path(cfg.out), cfg, force, inputs=inputs)
     examples, truncated = encode_pairs(tokenizer, pairs, cfg.max_length)
     if truncated:
         warnings.warn(f"{truncated} of {len(pairs)} pairs were longer than max_length={cfg.max_length}; "

@@ -34,6 +34,7 @@ from cai.train_common import (
     mark_finished,
     read_rows,
     seed_everything,
+    training_inputs,
 )
 
 IGNORE = -100  # label of a token the loss skips (PyTorch's cross_entropy ignore_index)
@@ -217,19 +218,20 @@ def train_sft(cfg: SFTConfig, *, force: bool = False, progress: bool = True, on_
     """Run (or resume) an SFT job; returns its summary (also in OUT/train_done.json)."""
     from transformers import AutoModelForCausalLM
 
-    if (done := finished_run(Path(cfg.out), cfg)) is not None:
-        return done
-    out = records.open_run_dir(Path(cfg.out), cfg, force)
     t0 = time.time()
     path = models.resolve(cfg.model)
     tokenizer = load_tokenizer(path)
     examples, dropped = load_examples(cfg.data, tokenizer, cfg, "train")
-    if dropped:
-        warnings.warn(f"{dropped} conversation(s) of {cfg.data} lost every assistant token to "
-                      f"max_length={cfg.max_length} and were left out", stacklevel=2)
     held = load_examples(cfg.eval_data, tokenizer, cfg, "train") if cfg.eval_data else \
         load_examples(cfg.data, tokenizer, cfg, "test")
     eval_examples = held[0] if held else []
+    inputs = training_inputs({"model": path}, {"train": examples, "eval": eval_examples})
+    if (done := finished_run(Path(cfg.out), cfg, inputs)) is not None:
+        return done
+    out = records.open_run_dir(Path(cfg.out), cfg, force, inputs=inputs)
+    if dropped:
+        warnings.warn(f"{dropped} conversation(s) of {cfg.data} lost every assistant token to "
+                      f"max_length={cfg.max_length} and were left out", stacklevel=2)
 
     seed_everything(cfg.seed)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)

@@ -390,13 +390,27 @@ def is_finished(out: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def finished_run(out: Path, cfg: Any) -> dict[str, Any] | None:
-    """The summary of a finished run in `out` made with `cfg`, or None if there is none. A
-    finished run made with another config is refused: it would not be trained further."""
+def training_inputs(models: dict[str, str | Path], data: dict[str, Any]) -> dict[str, Any]:
+    """What a training run was made from beyond its config, recorded in inputs.json and compared
+    on resume: each model folder's fingerprint (a model fine-tuned or re-converted in place keeps
+    its path) and a hash of the data actually trained and evaluated on (a data file edited at
+    the same path keeps its path too). Resuming, or reusing a finished run, after either changed
+    would silently mix two runs."""
+    from cai import models as models_mod
+    from cai.provenance import key
+
+    return {"model_fingerprints": {role: models_mod.fingerprint(p) for role, p in models.items()},
+            "data_hashes": {role: key(rows) for role, rows in data.items()}}
+
+
+def finished_run(out: Path, cfg: Any, inputs: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """The summary of a finished run in `out` made with `cfg` (and `inputs`, see
+    `training_inputs`), or None if there is none. A finished run made with another config or
+    other inputs is refused: it would not be trained further."""
     import yaml
 
     from cai import config as cfg_mod
-    from cai.records import CONFIG_FILE
+    from cai.records import CONFIG_FILE, INPUTS_FILE
 
     done = is_finished(out)
     if done is None:
@@ -404,6 +418,10 @@ def finished_run(out: Path, cfg: Any) -> dict[str, Any] | None:
     path = Path(out) / CONFIG_FILE
     old = yaml.safe_load(path.read_text()) if path.exists() else {}
     changes = cfg_mod.diff(old or {}, cfg_mod.to_jsonable(cfg))
+    if inputs is not None:
+        old_inputs = Path(out) / INPUTS_FILE
+        old_inputs = json.loads(old_inputs.read_text()) if old_inputs.exists() else {}
+        changes += [f"inputs.{c}" for c in cfg_mod.diff(old_inputs, cfg_mod.to_jsonable(inputs))]
     if changes:
         raise ResumeError(f"{out} holds a finished run made with a different config:\n    "
                           + "\n    ".join(changes),

@@ -356,3 +356,24 @@ def test_a_few_real_steps_on_the_default_model_change_weights_and_lower_the_loss
     assert "score.weight" in new and new["score.weight"].shape == (1, 576)
     changed = [k for k in old if k in new and not torch.equal(old[k], new[k])]
     assert len(changed) > len(old) // 2
+
+
+def test_training_refuses_to_resume_or_reuse_a_run_after_its_data_changed_in_place(tiny, tmp_path):
+    """Same path, same config, other content: a resumed or 'already finished' run would silently
+    mix two datasets. The run folder records a hash of the data trained on and compares it."""
+    from cai.errors import ResumeError
+
+    data = write_jsonl(tmp_path / "prefs.jsonl", synthetic_pairs(16, seed=3))
+    cfg = RMConfig(out=str(tmp_path / "rm"), prefs=str(data), base=tiny, batch_size=8, max_steps=1,
+                   max_length=32, device="cpu", norm_max_responses=8)
+    first = train_reward(cfg, progress=False)
+    assert train_reward(cfg, progress=False)["already_finished"] and first["steps"] == 1
+    write_jsonl(data, synthetic_pairs(16, seed=4))  # edited in place
+    with pytest.raises(ResumeError, match=r"finished run made with a different config:\s+inputs\.data_hashes\.train"):
+        train_reward(cfg, progress=False)
+    # An unfinished run (a checkpoint, no train_done.json) is refused the same way on resume.
+    (Path(cfg.out) / "train_done.json").unlink()
+    with pytest.raises(ResumeError, match=r"inputs\.data_hashes\.train: '\w+' -> '\w+'"):
+        train_reward(cfg, progress=False)
+    # --force accepts the new data, as it accepts a new config.
+    assert train_reward(cfg, force=True, progress=False)["steps"] == 1
