@@ -6,9 +6,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 
-console = Console(stderr=True)
+from cai import terminal
+
+console = terminal.err
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML config file; flags override it.")]
 ModelOpt = Annotated[str | None, typer.Option("--model", help="`default`, a local HF folder, or a hub id.")]

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from cai import config
+from cai import config, terminal
 from cai.cli import app
 from cai.cli.common import (
     BackendOpt,
@@ -95,6 +95,7 @@ def label(
         "policy": {"model": policy} if policy else None,
         "judging": judging_overrides(principles_per_pair, cot, cot_max_tokens, cot_clamp),
     })
+    terminal.capture(cfg.out)
     print_summary(run_label(cfg, force=force))
 
 
