@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 
 from cai import config as cfg
-from cai.errors import InputError, Location, ResumeError
+from cai.errors import InputError, Location, ResumeError, write_error
 
 
 class TornTailWarning(UserWarning):
@@ -117,10 +117,14 @@ class JsonlStore:
     def flush(self) -> None:
         if not self._pending:
             return
-        # One write per chunk: a crash leaves whole lines plus at most one torn line.
-        self._f.write("".join(self._pending))
-        self._f.flush()
-        os.fsync(self._f.fileno())
+        # One write per chunk: a crash leaves whole lines plus at most one torn line (cut off on
+        # resume, as after a failed write).
+        try:
+            self._f.write("".join(self._pending))
+            self._f.flush()
+            os.fsync(self._f.fileno())
+        except OSError as e:
+            raise write_error(self.path, e) from e
         self._pending.clear()
 
     def close(self) -> None:
@@ -140,13 +144,17 @@ def write_jsonl_atomic(path: Path, records: Iterable[dict[str, Any]]) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     n = 0
-    with tmp.open("w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-            n += 1
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
+    try:
+        with tmp.open("w", encoding="utf-8") as f:
+            for r in records:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+                n += 1
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)  # the old file, if any, is untouched
+        raise write_error(path, e) from e
     return n
 
 

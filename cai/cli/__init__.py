@@ -6,6 +6,7 @@ cai's typed errors into text and exit codes.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import traceback
 from typing import Annotated
@@ -59,16 +60,27 @@ def main() -> None:
     try:
         app(args=(["--verbose"] if verbose else []) + args, prog_name="cai")
     except CaiError as e:
-        # markup off: messages quote user text, which may contain [brackets].
-        err_console.print(f"Error: {e}", style="bold red", markup=False, highlight=False, soft_wrap=True)
+        _print_error(str(e))
         sys.exit(1)
     except KeyboardInterrupt:
         err_console.print("Interrupted. Finished records are saved; run the same command again to resume.")
         sys.exit(130)
+    except OSError as e:
+        # A write or read the library did not wrap (a full disk inside a library's save, ...).
+        where = f"{e.filename}: " if e.filename else ""
+        _print_error(f"{where}{e.strerror or e}\n  fix: free disk space or choose a folder you can write to, "
+                     "then run the same command again")
+        sys.exit(1)
     except Exception:
         # A bug, not a user error: the traceback goes to the terminal (and the log, if any).
         text = traceback.format_exc()
-        if terminal.err.file is not sys.stderr:
-            sys.stderr.write(text)
         terminal.err.print(text, markup=False, highlight=False, end="")
+        if terminal.err.file is not sys.stderr:
+            with contextlib.suppress(OSError):
+                sys.stderr.write(text)
         sys.exit(1)
+
+
+def _print_error(message: str) -> None:
+    # markup off: messages quote user text, which may contain [brackets].
+    err_console.print(f"Error: {message}", style="bold red", markup=False, highlight=False, soft_wrap=True)
