@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -120,6 +121,8 @@ class JsonlStore:
         # One write per chunk: a crash leaves whole lines plus at most one torn line (cut off on
         # resume, as after a failed write).
         try:
+            if os.environ.get(TORN_WRITE_ENV):
+                _die_mid_write(self._f, "".join(self._pending))
             self._f.write("".join(self._pending))
             self._f.flush()
             os.fsync(self._f.fileno())
@@ -136,6 +139,20 @@ class JsonlStore:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+TORN_WRITE_ENV = "CAI_CHAOS_TORN_WRITE"
+"""Fault-injection hook for scripts/chaos.py only: when set, the first chunk write stops partway
+(its last line cut in the middle, written and fsynced) and the process SIGKILLs itself: a crash in
+the middle of a write."""
+
+
+def _die_mid_write(f, text: str) -> None:
+    start = text.rfind("\n", 0, len(text) - 1) + 1  # the chunk's last line is cut in its middle
+    f.write(text[: start + max(1, (len(text) - start) // 2)])
+    f.flush()
+    os.fsync(f.fileno())
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def write_jsonl_atomic(path: Path, records: Iterable[dict[str, Any]]) -> int:
