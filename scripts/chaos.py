@@ -46,20 +46,25 @@ class Stage:
     key: str = "id"
 
 
+# Training: a checkpoint and a metrics line every step, so a kill lands between or inside them.
+TRAIN = ["--batch-size", "2", "--checkpoint-every", "1", "--log-every", "1", "--seed", "0", "--quiet"]
+
+
 def stages(prompts: Path, pairs: Path, principles: Path) -> list[Stage]:
     p, c = str(prompts), str(principles)
     return [
         Stage("revise", ["revise", "--prompts", p, "--constitution", c, "--out", "{out}", "--rounds", "1",
-                         "--max-tokens", "16", "--critique-max-tokens", "16", "--chunk-size", "2", "--seed", "0"],
+                         "--max-tokens", "16", "--critique-max-tokens", "16", "--chunk-size", "2", "--seed", "0",
+                         "--keep-flagged"],  # 16-token answers are all truncated; sft and rm train use them
               "records.jsonl"),
-        Stage("label", ["label", "--input", "{ref:revise}", "--constitution", c, "--out", "{out}",
-                        "--chunk-size", "2", "--seed", "0"], "judgments.jsonl"),
+        Stage("label", ["label", "--input", p, "--constitution", c, "--out", "{out}", "--samples-per-prompt", "2",
+                        "--max-tokens", "16", "--chunk-size", "2", "--seed", "0"], "judgments.jsonl"),
         Stage("judge eval", ["judge", "eval", "--pairs", str(pairs), "--constitution", c, "--out", "{out}",
                              "--seed", "0"], "judgments.jsonl"),
         Stage("sft", ["sft", "--data", "{ref:revise}/sft.jsonl", "--out", "{out}", "--max-steps", "4",
-                      "--batch-size", "2", "--checkpoint-every", "1", "--seed", "0", "--quiet"], None),
+                      *TRAIN], None),
         Stage("rm train", ["rm", "train", "--prefs", "{ref:revise}/prefs.jsonl", "--out", "{out}", "--max-steps",
-                           "4", "--batch-size", "2", "--checkpoint-every", "1", "--seed", "0", "--quiet"], None),
+                           "4", *TRAIN], None),
         Stage("ppo", ["ppo", "--reward-model", "{ref:rm train}", "--prompts", p, "--out", "{out}", "--steps", "2",
                       "--batch-size", "4", "--num-minibatches", "2", "--ppo-epochs", "1", "--max-new-tokens", "8",
                       "--checkpoint-every", "1", "--seed", "0", "--quiet"], None),
