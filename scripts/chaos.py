@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -83,17 +84,17 @@ def command(stage: Stage, out: Path, refs: dict[str, Path]) -> list[str]:
 
 def run(cmd: list[str], log: Path, env: dict[str, str] | None = None, kill_after: float | None = None,
         kill_when: Path | None = None) -> tuple[int, float, bool]:
-    """Run `cmd`; SIGKILL its process group after `kill_after` s, or when a `step-*` folder appears
-    in `kill_when`. Returns (exit code, seconds, killed)."""
+    """Run `cmd`; SIGKILL its process group after `kill_after` s, or while a checkpoint is being
+    written under `kill_when`. Returns (exit code, seconds, killed)."""
     t0 = time.monotonic()
     with log.open("a") as f:
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, start_new_session=True,
                                 env={**os.environ, **(env or {})})
-        before = set(kill_when.glob("step-*")) if kill_when and kill_when.exists() else set()
         killed = False
         while proc.poll() is None:
             due = kill_after is not None and time.monotonic() - t0 >= kill_after
-            new = kill_when is not None and kill_when.exists() and set(kill_when.glob("step-*")) - before
+            # cai.train_common writes a checkpoint into `.step-N.tmp`, then renames it.
+            new = kill_when is not None and kill_when.exists() and any(kill_when.rglob(".step-*.tmp"))
             if due or new:
                 os.killpg(proc.pid, signal.SIGKILL)
                 killed = True
@@ -159,8 +160,10 @@ def compare_training(ref: Path, got: Path) -> dict:
 
 def trial(stage: Stage, i: int, kill_at: float | None, mid_write: bool, work: Path, refs: dict[str, Path],
           ref_out: Path) -> dict:
-    out = work / f"{stage.name.replace(' ', '_')}-trial{i}"
+    out = work / f"{stage.name.replace(' ', '_')}-{'midwrite' if mid_write else f'trial{i}'}"
     log = work / f"{out.name}.log"
+    shutil.rmtree(out, ignore_errors=True)
+    log.unlink(missing_ok=True)
     cmd = command(stage, out, refs)
     if mid_write and stage.store:
         rc, secs, killed = run(cmd, log, env={"CAI_CHAOS_TORN_WRITE": "1"})
@@ -248,7 +251,8 @@ def main() -> None:
         details[stage.name] = trials
         rows.append(summarize(stage, trials, ref_s))
         print(json.dumps(rows[-1]), flush=True)
-    (a.work / "chaos.json").write_text(json.dumps({"rows": rows, "trials": details}, indent=1))
+    (a.work / f"chaos-{time.strftime('%H%M%S')}.json").write_text(json.dumps({"rows": rows, "trials": details},
+                                                                                indent=1))
     print(markdown(rows, "python scripts/chaos.py " + " ".join(sys.argv[1:])))
 
 
