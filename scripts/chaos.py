@@ -171,9 +171,16 @@ def trial(stage: Stage, i: int, kill_at: float | None, mid_write: bool, work: Pa
         rc, secs, killed = run(cmd, log, kill_when=out)
     else:
         rc, secs, killed = run(cmd, log, kill_after=kill_at)
+    # What the kill left: records already in the store (batch) or checkpoints (training).
+    store = out / stage.store if stage.store else None
+    left = (sum(1 for x in store.read_text().splitlines() if x.strip()) if store and store.exists()
+            else len(list(out.rglob("step-*"))) if not stage.store and out.exists() else 0)
     rc2, secs2, _ = run(cmd, log)  # resume
     result = {"trial": i, "kill_at_s": None if kill_at is None else round(kill_at, 1), "mid_write": mid_write,
-              "killed": killed, "first_rc": rc, "resume_rc": rc2, "resume_s": round(secs2, 1)}
+              "killed": killed, "left_by_kill": left, "first_rc": rc, "resume_rc": rc2, "resume_s": round(secs2, 1)}
+    done = out / "train_done.json"
+    if done.exists():
+        result["resumed_from"] = json.loads(done.read_text()).get("resumed_from")
     if rc2 != 0:
         return {**result, "error": f"resume failed (exit {rc2}), see {log}"}
     if stage.store:
@@ -184,6 +191,8 @@ def trial(stage: Stage, i: int, kill_at: float | None, mid_write: bool, work: Pa
 def summarize(stage: Stage, trials: list[dict], ref_s: float) -> dict:
     row = {"stage": stage.name, "trials": len(trials), "killed": sum(t["killed"] for t in trials),
            "mid_write": sum(t["mid_write"] and t["killed"] for t in trials), "reference_s": round(ref_s, 1),
+           # kills that left partial output, so the second run really resumed
+           "resumed_partial": sum(t["killed"] and t["left_by_kill"] > 0 for t in trials),
            "failed_resumes": sum("error" in t for t in trials)}
     ok = [t for t in trials if "error" not in t]
     if stage.store:
@@ -197,8 +206,8 @@ def summarize(stage: Stage, trials: list[dict], ref_s: float) -> dict:
 
 def markdown(rows: list[dict], cmd: str) -> str:
     lines = [f"Command: `{cmd}`, {time.strftime('%Y-%m-%d')}.", "",
-             "| stage | trials (killed / mid-write) | reference run | lost | duplicated | different | "
-             "resumed == uninterrupted | failed resumes |",
+             "| stage | trials (killed / mid-write / resumed from partial output) | reference run | lost | "
+             "duplicated | different | resumed == uninterrupted | failed resumes |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "lost" in r:
@@ -206,7 +215,8 @@ def markdown(rows: list[dict], cmd: str) -> str:
         else:
             eq = f"{r['resumed_equal']}/{r['trials'] - r['failed_resumes']} (max abs diff {r['max_abs_diff']:.3g})"
             cells = ["-", "-", "-", eq]
-        lines.append(f"| {r['stage']} | {r['trials']} ({r['killed']} / {r['mid_write']}) | {r['reference_s']} s | "
+        lines.append(f"| {r['stage']} | {r['trials']} ({r['killed']} / {r['mid_write']} / {r['resumed_partial']}) | "
+                     f"{r['reference_s']} s | "
                      + " | ".join(cells) + f" | {r['failed_resumes']} |")
     return "\n".join(lines)
 
