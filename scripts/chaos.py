@@ -3,7 +3,8 @@ was never interrupted. Results go to the "Fault suite" section of docs/reliabili
 
 For every stage: one uninterrupted reference run (its wall time T), then N trials. A trial
 starts the stage's real CLI command, SIGKILLs its whole process group at a moment drawn
-uniformly from [0, T) (seeded), runs the same command again to completion, and compares:
+uniformly from [0, T) (seeded; T shrinks to kill time + resume time after each trial, since a
+cold reference overestimates a run), runs the same command again to completion, and compares:
 
 - batch stages (revise, label, judge eval): the records of the store, by id: lost (in the
   reference, not after resume), duplicated (an id twice), different (same id, other content,
@@ -176,8 +177,9 @@ def trial(stage: Stage, i: int, kill_at: float | None, mid_write: bool, work: Pa
     left = (sum(1 for x in store.read_text().splitlines() if x.strip()) if store and store.exists()
             else len(list(out.rglob("step-*"))) if not stage.store and out.exists() else 0)
     rc2, secs2, _ = run(cmd, log)  # resume
-    result = {"trial": i, "kill_at_s": None if kill_at is None else round(kill_at, 1), "mid_write": mid_write,
-              "killed": killed, "left_by_kill": left, "first_rc": rc, "resume_rc": rc2, "resume_s": round(secs2, 1)}
+    result = {"trial": i, "kill_at_s": None if kill_at is None else round(kill_at, 2), "mid_write": mid_write,
+              "killed": killed, "left_by_kill": left, "first_rc": rc, "first_s": round(secs, 1), "resume_rc": rc2,
+              "resume_s": round(secs2, 1)}
     done = out / "train_done.json"
     if done.exists():
         result["resumed_from"] = json.loads(done.read_text()).get("resumed_from")
@@ -256,7 +258,13 @@ def main() -> None:
         if stage.name not in wanted:
             continue
         rng = random.Random(a.seed * 1000 + k)
-        trials = [trial(stage, i, rng.uniform(0, ref_s), False, a.work, refs, ref_out) for i in range(a.trials)]
+        # Kill moments are drawn over the run's length, which the reference (a cold start) can
+        # overestimate by half; each trial bounds it again (kill time + resume time >= a run).
+        length, trials = ref_s, []
+        for i in range(a.trials):
+            t = trial(stage, i, rng.random() * length, False, a.work, refs, ref_out)
+            length = min(length, t["kill_at_s"] + t["resume_s"] if t["killed"] else t["first_s"])
+            trials.append(t)
         trials.append(trial(stage, a.trials, None, True, a.work, refs, ref_out))
         details[stage.name] = trials
         rows.append(summarize(stage, trials, ref_s))
