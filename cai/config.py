@@ -17,7 +17,7 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 
-from cai.errors import ConfigError, Location
+from cai.errors import ConfigError, Location, write_error
 
 T = TypeVar("T")
 
@@ -98,7 +98,7 @@ def build(cls: type[T], values: dict[str, Any], where: str = "config") -> T:
     kwargs = {}
     for key, value in values.items():
         if key not in fields:
-            raise ConfigError(f"{where}: unknown key {key!r}", fix=did_you_mean(key, list(fields)))
+            raise ConfigError(f"{where}.{key}: unknown key {key!r}", fix=did_you_mean(key, list(fields)))
         kwargs[key] = _coerce(value, hints[key], f"{where}.{key}")
     try:
         return cls(**kwargs)
@@ -118,9 +118,11 @@ def load(cls: type[T], path: Path | None = None, overrides: dict[str, Any] | Non
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             loc = Location(str(path), mark.line + 1, mark.column + 1) if mark else Location(str(path))
-            raise ConfigError(f"invalid YAML: {getattr(e, 'problem', e)}", loc) from e
+            raise ConfigError(f"invalid YAML: {getattr(e, 'problem', e)}", loc,
+                              fix="check the indentation, quoting and brackets on this line and the one above") from e
         if not isinstance(data, dict):
-            raise ConfigError("a config file must be a mapping of field: value", Location(str(path)))
+            raise ConfigError("a config file must be a mapping of field: value", Location(str(path)),
+                              fix="write one `field: value` per line, e.g. `seed: 0`")
         values.update(data)
     for key, value in (overrides or {}).items():
         if value is None:
@@ -133,7 +135,43 @@ def load(cls: type[T], path: Path | None = None, overrides: dict[str, Any] | Non
         else:
             values[key] = value
     where = str(path) if path else "config"
-    return build(cls, values, where)
+    try:
+        return build(cls, values, where)
+    except ConfigError as e:
+        if path is None or e.location is not None:
+            raise
+        raise _located(e, path) from e
+
+
+def _located(e: ConfigError, path: Path) -> ConfigError:
+    """The same error, pointing at the key's line in the YAML file, with a fix if it had none.
+
+    `build` names a bad value by its key path (`FILE.engine.backend: ...`); a key the file does
+    not hold came from a flag, and keeps the file without a line."""
+    prefix = f"{path}."
+    if not e.message.startswith(prefix):
+        return ConfigError(e.message, Location(str(path)), e.fix)
+    keys, _, rest = e.message[len(prefix):].partition(": ")
+    key_path = [k.split("[")[0] for k in keys.split(".")]
+    fix = e.fix or f"give `{keys}` a value of the right type, or delete it to use the default (see --help)"
+    return ConfigError(f"{keys}: {rest}", Location(str(path), _key_line(path, key_path)), fix)
+
+
+def _key_line(path: Path, keys: list[str]) -> int | None:
+    """1-based line of a nested key in a YAML mapping file, or None."""
+    try:
+        node = yaml.compose(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    line = None
+    for key in keys:
+        if not isinstance(node, yaml.MappingNode):
+            return line
+        match = next(((k, v) for k, v in node.value if getattr(k, "value", None) == key), None)
+        if match is None:
+            return line
+        line, node = match[0].start_mark.line + 1, match[1]
+    return line
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -150,10 +188,14 @@ def to_jsonable(obj: Any) -> Any:
 
 def save(config: Any, path: Path) -> None:
     """Write the resolved config as YAML (readable, and loadable again with `load`)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(yaml.safe_dump(to_jsonable(config), sort_keys=False))
-    tmp.replace(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(yaml.safe_dump(to_jsonable(config), sort_keys=False))
+        tmp.replace(path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)  # the old file, if any, is untouched
+        raise write_error(path, e) from e
 
 
 def diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -69,9 +70,9 @@ def iter_rows(path: Path, split: str | None = None) -> Iterator[tuple[str, dict[
         return
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".ndjson"):
-        line = 0
-        with path.open(encoding="utf-8") as f:
-            for line, raw in enumerate(f, 1):
+        with path.open("rb") as f:
+            for line, raw_bytes in enumerate(f, 1):
+                raw = _decode(raw_bytes, path, line)
                 if not raw.strip():
                     continue
                 try:
@@ -81,8 +82,9 @@ def iter_rows(path: Path, split: str | None = None) -> Iterator[tuple[str, dict[
                                      fix="each line must be one JSON object; fix or delete this line") from e
                 yield f"{path}:{line}", obj
     elif suffix == ".json":
+        raw_bytes = path.read_bytes()
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(_decode(raw_bytes, path, None))
         except json.JSONDecodeError as e:
             raise InputError(f"invalid JSON: {e.msg}", Location(str(path), e.lineno, e.colno),
                              fix="the file must be one JSON list of objects") from e
@@ -94,13 +96,27 @@ def iter_rows(path: Path, split: str | None = None) -> Iterator[tuple[str, dict[
         for i, obj in enumerate(data):
             yield f"{path}:item {i}", obj
     elif suffix in (".csv", ".tsv"):
-        with path.open(encoding="utf-8", newline="") as f:
-            reader = csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",")
-            for row in reader:
-                yield f"{path}:{reader.line_num}", row
+        text = _decode(path.read_bytes(), path, None)
+        reader = csv.DictReader(io.StringIO(text, newline=""), delimiter="\t" if suffix == ".tsv" else ",")
+        for row in reader:
+            yield f"{path}:{reader.line_num}", row
     else:
         raise InputError(f"unsupported input format {suffix!r}", Location(str(path)),
                          fix="use .jsonl, .json, .csv or a Hugging Face dataset folder")
+
+
+_UTF8_FIX = "save the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8 FILE > NEW`)"
+
+
+def _decode(raw: bytes, path: Path, line: int | None) -> str:
+    """UTF-8 text of a line (or a whole file), or an error naming the line."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if line is None:  # whole file: find the line of the bad byte
+            line = raw[: e.start].count(b"\n") + 1
+        raise InputError(f"not UTF-8 text ({e.reason}, byte {raw[e.start]:#04x})", Location(str(path), line),
+                         fix=_UTF8_FIX) from e
 
 
 def _iter_hf(path: Path, split: str | None) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -187,6 +203,12 @@ def read_prompts(path: Path, prompt_column: str = "prompt", id_column: str = "id
     if any_row and not records and all(r.reason.startswith("no ") for r in rejects):
         raise InputError(f"no row has a {prompt_column!r} column (columns found: {', '.join(sorted(columns_seen))})",
                          Location(str(path)), fix="pass --prompt-column with the right column name")
+    if not any_row:
+        raise InputError(f"{path} holds no prompts", Location(str(path)), fix="add rows, or pass another file")
+    if not records:
+        first = rejects[0]
+        raise InputError(f"no usable prompt: all {len(rejects)} row(s) rejected; the first at {first.source}: "
+                         f"{first.reason}", Location(str(path)), fix=first.fix)
     return records, rejects
 
 

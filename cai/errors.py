@@ -6,6 +6,7 @@ user never has to read a traceback to know what to change.
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass, field
 
 
@@ -62,6 +63,19 @@ class ModelNotFoundError(CaiError):
 
 class EngineError(CaiError):
     """The inference engine failed, timed out, or was asked for something it cannot do."""
+
+
+class OutputError(CaiError):
+    """An output file cannot be written (disk full, read-only or missing folder, no permission)."""
+
+
+def write_error(path: object, e: OSError) -> OutputError:
+    """The error for a failed write of `path`: what the system said, and what to do about it."""
+    if e.errno == errno.ENOSPC or e.errno == errno.EDQUOT:
+        fix = "free some disk space (or choose another --out), then run the same command again to resume"
+    else:
+        fix = "choose an --out folder you can write to, then run the same command again"
+    return OutputError(f"cannot write: {e.strerror or e}", Location(str(path)), fix=fix)
 
 
 class ResumeError(CaiError):

@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from cai.errors import ModelNotFoundError
+from cai.errors import Location, ModelNotFoundError
 
 DEFAULT_MODEL = "default"
 DEFAULT_MODEL_DIRNAME = "SmolLM2-135M-Instruct"
@@ -113,6 +113,48 @@ def display_name(name: str) -> str:
     return name
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tiktoken.model")
+FOLDER_FIX = "save the model again (save_pretrained and the tokenizer's save_pretrained), or copy the folder again"
+
+
+def check_folder(path: Path) -> None:
+    """Fail fast, naming the file, on a model folder that would fail deep inside a slow load:
+    a broken config.json, no tokenizer, no weights, or a truncated safetensors file."""
+    try:
+        json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (ValueError, OSError) as e:
+        line = getattr(e, "lineno", None)
+        raise ModelNotFoundError(f"config.json is not valid JSON ({getattr(e, 'msg', e)})",
+                                 Location(str(path / "config.json"), line), fix=FOLDER_FIX) from e
+    if not any((path / f).exists() for f in TOKENIZER_FILES):
+        raise ModelNotFoundError(f"{path} has no tokenizer (none of {', '.join(TOKENIZER_FILES)})",
+                                 Location(str(path)), fix=FOLDER_FIX)
+    weights = sorted(path.glob("*.safetensors"))
+    if not weights and not any(path.glob("*.bin")):
+        raise ModelNotFoundError(f"{path} has no weights (no *.safetensors or *.bin file)", Location(str(path)),
+                                 fix=FOLDER_FIX)
+    for f in weights:
+        _check_safetensors(f)
+
+
+def _check_safetensors(f: Path) -> None:
+    """The safetensors header (8-byte length, then JSON with each tensor's byte range) must fit
+    the file, and the last tensor must end where the file does."""
+    size = f.stat().st_size
+    try:
+        with f.open("rb") as fh:
+            n = int.from_bytes(fh.read(8), "little")
+            header = json.loads(fh.read(n)) if 8 + n <= size else None
+        end = 8 + n + max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0) \
+            if isinstance(header, dict) else None
+    except (ValueError, KeyError, TypeError, OSError):
+        end = None
+    if end is None or end > size:
+        have = f"{size} bytes" + (f" of {end}" if end else "")
+        raise ModelNotFoundError(f"{f.name} is truncated or not a safetensors file ({have})", Location(str(f)),
+                                 fix=FOLDER_FIX)
+
+
 def resolve(name: str, prepare: bool = True) -> str:
     """Turn a user's model name into something transformers and vLLM load: a folder path, or a
     hub id when the hub is reachable. Prepares the default model on first use."""
@@ -129,6 +171,7 @@ def resolve(name: str, prepare: bool = True) -> str:
         if not (path / "config.json").exists():
             raise ModelNotFoundError(f"{path} is not a Hugging Face model folder (no config.json)",
                                      fix="pass a folder saved with save_pretrained, or a hub id")
+        check_folder(path)
         return str(path)
     if name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise ModelNotFoundError(f"model folder {path} does not exist", fix="check the path")

@@ -15,6 +15,8 @@ from rich.progress import (
 )
 from rich.text import Text
 
+from cai import terminal
+
 
 class RateColumn(ProgressColumn):
     def __init__(self, unit: str):
@@ -44,6 +46,9 @@ def make_progress(unit: str = "records", console: Console | None = None) -> Prog
         TokensColumn(),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
-        console=console or Console(stderr=True),
+        console=console or terminal.err,
         transient=False,
+        # Library output during a bar goes where it would anyway (cai.log), not above the bar.
+        redirect_stdout=False,
+        redirect_stderr=False,
     )

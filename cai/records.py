@@ -21,6 +21,7 @@ import fcntl
 import functools
 import json
 import os
+import signal
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
@@ -29,7 +30,7 @@ from typing import Any, TypeVar
 import yaml
 
 from cai import config as cfg
-from cai.errors import InputError, Location, ResumeError
+from cai.errors import InputError, Location, ResumeError, write_error
 
 
 class TornTailWarning(UserWarning):
@@ -159,10 +160,16 @@ class JsonlStore:
     def flush(self) -> None:
         if not self._pending:
             return
-        # One write per chunk: a crash leaves whole lines plus at most one torn line.
-        self._f.write("".join(self._pending))
-        self._f.flush()
-        os.fsync(self._f.fileno())
+        # One write per chunk: a crash leaves whole lines plus at most one torn line (cut off on
+        # resume, as after a failed write).
+        try:
+            if os.environ.get(TORN_WRITE_ENV):
+                _die_mid_write(self._f, "".join(self._pending))
+            self._f.write("".join(self._pending))
+            self._f.flush()
+            os.fsync(self._f.fileno())
+        except OSError as e:
+            raise write_error(self.path, e) from e
         self._pending.clear()
 
     def close(self) -> None:
@@ -225,19 +232,37 @@ def _drop_lines(path: Path, key: str, gone: set[str]) -> None:
     tmp.replace(path)
 
 
+TORN_WRITE_ENV = "CAI_CHAOS_TORN_WRITE"
+"""Fault-injection hook for scripts/chaos.py only: when set, the first chunk write stops partway
+(its last line cut in the middle, written and fsynced) and the process SIGKILLs itself: a crash in
+the middle of a write."""
+
+
+def _die_mid_write(f, text: str) -> None:
+    start = text.rfind("\n", 0, len(text) - 1) + 1  # the chunk's last line is cut in its middle
+    f.write(text[: start + max(1, (len(text) - start) // 2)])
+    f.flush()
+    os.fsync(f.fileno())
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
 def write_jsonl_atomic(path: Path, records: Iterable[dict[str, Any]]) -> int:
     """Write a whole JSONL file through a temporary file and a rename (exports, reports)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     n = 0
-    with tmp.open("w", encoding="utf-8") as f:
-        for r in records:
-            f.write(json.dumps(r, ensure_ascii=False) + "\n")
-            n += 1
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
+    try:
+        with tmp.open("w", encoding="utf-8") as f:
+            for r in records:
+                f.write(json.dumps(r, ensure_ascii=False) + "\n")
+                n += 1
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)  # the old file, if any, is untouched
+        raise write_error(path, e) from e
     return n
 
 

@@ -158,16 +158,22 @@ def as_messages(value: Any, column: str, where: Location | None, *, is_prompt: b
     if isinstance(value, list) and value and all(
             isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
             for m in value):
+        bad = [m["role"] for m in value if m["role"] not in ("system", "user", "assistant")]
+        if bad:
+            raise InputError(f"column {column!r} has a message with role {bad[0]!r}", where,
+                             fix="roles are system, user and assistant")
         return [{"role": m["role"], "content": m["content"]} for m in value]
     raise InputError(f"column {column!r} must be a string or a non-empty list of {{role, content}} "
-                     f"messages, got {str(value)[:80]!r}", where)
+                     f"messages, got {str(value)[:80]!r}", where,
+                     fix="write the text as a string, or as [{\"role\": ..., \"content\": ...}, ...]")
 
 
 def _number(value: Any, column: str, default: float, where: Location | None) -> float:
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise InputError(f"column {column!r} must be a number, got {value!r}", where)
+        raise InputError(f"column {column!r} must be a number, got {value!r}", where,
+                         fix=f"write {column} as a number, or leave it out")
     return float(value)
 
 

@@ -30,6 +30,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from cai import terminal
 from cai.errors import ConfigError, InputError, Location, ResumeError
 from cai.records import read_jsonl
 
@@ -483,7 +484,6 @@ def progress_bar(total: int, start: int, description: str, enabled: bool) -> Ite
     if not enabled:
         yield lambda *a, **k: None
         return
-    from rich.console import Console
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -496,7 +496,7 @@ def progress_bar(total: int, start: int, description: str, enabled: bool) -> Ite
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[speed]:>7.2f} samples/s  loss {task.fields[loss]:.4f}"),
                TimeElapsedColumn(), TimeRemainingColumn()]
-    with Progress(*columns, console=Console(stderr=True)) as bar:
+    with Progress(*columns, console=terminal.err, redirect_stdout=False, redirect_stderr=False) as bar:
         task = bar.add_task(description, total=total, completed=start, speed=0.0, loss=float("nan"))
 
         def update(step: int, samples_per_s: float, loss: float) -> None:

@@ -6,11 +6,14 @@ cai's typed errors into text and exit codes.
 
 from __future__ import annotations
 
+import contextlib
 import sys
+import traceback
+from typing import Annotated
 
 import typer
-from rich.console import Console
 
+from cai import terminal
 from cai.errors import CaiError
 
 app = typer.Typer(
@@ -20,7 +23,17 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-err_console = Console(stderr=True)
+err_console = terminal.err
+
+
+@app.callback()
+def _options(
+    verbose: Annotated[bool, typer.Option("--verbose", help="Show vLLM's, torch's and transformers' log lines "
+                                          "and warnings (by default they go to cai.log in the run folder). "
+                                          "Accepted anywhere on the command line.")] = False,
+) -> None:
+    terminal.set_verbose(verbose)
+    terminal.route_warnings()
 
 # Importing a module registers its commands on `app`.
 from cai.cli import generate as _generate  # noqa: E402,F401
@@ -35,13 +48,39 @@ for _name in ("principles", "revise", "label", "judge", "train", "ppo"):
             raise
 
 
+def _hoist_verbose(argv: list[str]) -> tuple[list[str], bool]:
+    """`--verbose` is a global option; accept it after the command name too (`cai revise ... --verbose`)."""
+    rest = [a for a in argv if a != "--verbose"]
+    return rest, len(rest) != len(argv)
+
+
 def main() -> None:
+    args, verbose = _hoist_verbose(sys.argv[1:])
+    terminal.enable(verbose)
     try:
-        app()
+        app(args=(["--verbose"] if verbose else []) + args, prog_name="cai")
     except CaiError as e:
-        # markup off: messages quote user text, which may contain [brackets].
-        err_console.print(f"Error: {e}", style="bold red", markup=False, highlight=False, soft_wrap=True)
+        _print_error(str(e))
         sys.exit(1)
     except KeyboardInterrupt:
         err_console.print("Interrupted. Finished records are saved; run the same command again to resume.")
         sys.exit(130)
+    except OSError as e:
+        # A write or read the library did not wrap (a full disk inside a library's save, ...).
+        where = f"{e.filename}: " if e.filename else ""
+        _print_error(f"{where}{e.strerror or e}\n  fix: free disk space or choose a folder you can write to, "
+                     "then run the same command again")
+        sys.exit(1)
+    except Exception:
+        # A bug, not a user error: the traceback goes to the terminal (and the log, if any).
+        text = traceback.format_exc()
+        terminal.err.print(text, markup=False, highlight=False, end="")
+        if terminal.err.file is not sys.stderr:
+            with contextlib.suppress(OSError):
+                sys.stderr.write(text)
+        sys.exit(1)
+
+
+def _print_error(message: str) -> None:
+    # markup off: messages quote user text, which may contain [brackets].
+    err_console.print(f"Error: {message}", style="bold red", markup=False, highlight=False, soft_wrap=True)

@@ -6,11 +6,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 
-from cai import library
+from cai import library, terminal
 
-console = Console(stderr=True)
+console = terminal.err
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML config file; flags override it.")]
 ModelOpt = Annotated[str | None, typer.Option("--model", help="`default`, a local HF folder, or a hub id.")]

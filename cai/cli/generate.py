@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from cai import config
+from cai import config, terminal
 from cai.cli import app
 from cai.cli.common import (
     BackendOpt,
@@ -53,6 +53,7 @@ def generate(
         "engine": engine_overrides(model, backend, dtype, max_model_len, base_url, served_model_name,
                                    trust_remote_code, enforce_eager),
     })
+    terminal.capture(None)  # the output is one file, not a run folder: library chatter to stderr
     s = run_generate(cfg)
     console.print(
         f"[bold green]done[/] {s.done} generated, {s.skipped} already there, {s.rejected} rejected"

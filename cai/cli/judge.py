@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from cai import config
+from cai import config, terminal
 from cai.cli import app
 from cai.cli.common import (
     BackendOpt,
@@ -66,10 +66,11 @@ def judge_eval(
                                   trust_remote_code, enforce_eager),
         "judging": judging_overrides(principles_per_pair, cot, cot_max_tokens, cot_clamp),
     })
+    terminal.capture(cfg.out)
     report = run_judge_eval(cfg, force=force)
     say_constitution(cfg.constitution)  # (stderr: --json output stays the report alone)
     if as_json:
-        typer.echo(json.dumps(report, indent=2))
+        print(json.dumps(report, indent=2), file=terminal.out.file, flush=True)
         return
     console.print(report_table(report))
     console.print(calibration_table(report))

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from cai import config
+from cai import config, terminal
 from cai.cli import app
 from cai.cli.common import (
     BackendOpt,
@@ -97,6 +97,7 @@ def label(
         "policy": {"model": policy} if policy else None,
         "judging": judging_overrides(principles_per_pair, cot, cot_max_tokens, cot_clamp),
     })
+    terminal.capture(cfg.out)
     summary = run_label(cfg, force=force)
     say_constitution(cfg.constitution)
     print_summary(summary)

@@ -17,15 +17,14 @@ from typing import Any, Literal
 
 import typer
 import yaml
-from rich.console import Console
 from rich.table import Table
 
-from cai import config
+from cai import config, terminal
 from cai.cli import app
 from cai.cli.train import field_docs
 from cai.ppo import PPOConfig, train_ppo
 
-out_console = Console()
+out_console = terminal.out
 NESTED = {f.name for f in dataclasses.fields(PPOConfig)
           if dataclasses.is_dataclass(typing.get_type_hints(PPOConfig)[f.name])}
 
@@ -79,6 +78,7 @@ def resolve_config(config_file: Path | None, flags: dict[str, Any]) -> PPOConfig
 
 
 def _run(cfg: PPOConfig, force: bool, quiet: bool) -> None:
+    terminal.capture(cfg.out)
     s = train_ppo(cfg, force=force, progress=not quiet)
     title = f"cai ppo -> {cfg.out}" + (" (already finished; nothing to do)" if s.get("already_finished") else "")
     table = Table(title=title, show_header=False)

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from cai import config
+from cai import config, terminal
 from cai.cli import app
 from cai.cli.common import (
     BackendOpt,
@@ -85,6 +85,7 @@ def revise(
         "engine": engine_overrides(model, backend, dtype, max_model_len, base_url, served_model_name,
                                    trust_remote_code, enforce_eager),
     })
+    terminal.capture(cfg.out)
     summary = run_revise(cfg, force=force)
     say_constitution(cfg.constitution)
     print_summary(summary)

@@ -8,24 +8,21 @@ docs cannot drift apart. A flag left out is None and does not override the YAML 
 from __future__ import annotations
 
 import ast
-import contextlib
 import dataclasses
 import inspect
 import json
 import textwrap
 import types
 import typing
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from cai import config
-from cai.cli import app, err_console
+from cai import config, terminal
+from cai.cli import app
 from cai.reward import RewardModel, RMConfig, train_reward
 from cai.reward_eval import RMEvalConfig, RMScoreConfig, evaluate_pairs, read_eval_pairs, score_file
 from cai.sft import SFTConfig, train_sft
@@ -34,7 +31,7 @@ from cai.train_common import resolve_device
 rm_app = typer.Typer(help="Reward model: train on preference pairs, evaluate, score files.",
                      no_args_is_help=True)
 app.add_typer(rm_app, name="rm")
-out_console = Console()
+out_console = terminal.out
 
 
 def field_docs(cls: type) -> dict[str, str]:
@@ -82,27 +79,12 @@ def config_command(group: typer.Typer, name: str, cls: type, run: Callable[..., 
     def command(**kwargs: Any) -> None:
         extras = {k: kwargs.pop(k) for k in (extra or {})}
         cfg = config.load(cls, kwargs.pop("config_file"), kwargs)
-        with _warnings_as_lines():
-            run(cfg, **extras)
+        run(cfg, **extras)
 
     command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     command.__annotations__ = {p.name: p.annotation for p in params}
     command.__doc__ = help
     group.command(name, help=help)(command)
-
-
-@contextlib.contextmanager
-def _warnings_as_lines():
-    """Print the stages' warnings (truncated rows, ...) as one `Warning: ...` line each."""
-    def show(message, category, filename, lineno, file=None, line=None):
-        err_console.print(f"[yellow]Warning:[/] {message}", highlight=False, soft_wrap=True)
-
-    saved = warnings.showwarning
-    warnings.showwarning = show
-    try:
-        yield
-    finally:
-        warnings.showwarning = saved
 
 
 FORCE = (bool, typer.Option(False, "--force", help="Resume into a folder made with a different config."))
@@ -118,12 +100,14 @@ def _summary_table(title: str, summary: dict[str, Any]) -> Table:
 
 
 def _run_sft(cfg: SFTConfig, force: bool, quiet: bool) -> None:
+    terminal.capture(cfg.out)
     s = train_sft(cfg, force=force, progress=not quiet)
     done = " (already finished; nothing to do)" if s.get("already_finished") else ""
     out_console.print(_summary_table(f"cai sft -> {cfg.out}{done}", s))
 
 
 def _run_rm_train(cfg: RMConfig, force: bool, quiet: bool) -> None:
+    terminal.capture(cfg.out)
     s = train_reward(cfg, force=force, progress=not quiet)
     done = " (already finished; nothing to do)" if s.get("already_finished") else ""
     out_console.print(_summary_table(f"cai rm train -> {cfg.out}{done}", s))
@@ -166,6 +150,7 @@ def _load_rm(cfg: RMEvalConfig | RMScoreConfig) -> RewardModel:
 
 
 def _run_rm_eval(cfg: RMEvalConfig, as_json: bool) -> None:
+    terminal.capture(None)  # no run folder: library chatter to stderr, stdout stays clean
     pairs = read_eval_pairs(cfg.pairs, cfg.split)
     report = evaluate_pairs(_load_rm(cfg), pairs, cfg.batch_size, cfg.calibration_bins)
     report = {"model": cfg.model, "pairs": cfg.pairs, **report}
@@ -181,6 +166,7 @@ def _run_rm_eval(cfg: RMEvalConfig, as_json: bool) -> None:
 
 
 def _run_rm_score(cfg: RMScoreConfig) -> None:
+    terminal.capture(None)
     n = score_file(_load_rm(cfg), cfg.input, cfg.out, cfg.batch_size, cfg.raw)
     out_console.print(f"[bold green]done[/] {n} rows scored -> {cfg.out}")
 
