@@ -1,10 +1,10 @@
 """The HTTP backend: any OpenAI-compatible server (`vllm serve`, or another compatible one).
 
-generate -> /v1/chat/completions (conversations) or /v1/completions (rendered text);
-option_logprobs -> /v1/completions on token ids with vLLM's `prompt_logprobs`, echoing the
-prompt without sampling. Requests run concurrently up to a limit, each with a timeout and
-retries with exponential backoff; a server that is down or does not know the model name gets a
-clear error instead of a hang.
+generate -> /v1/completions on token ids (rendered and tokenized here, as every backend does, so
+special-token strings inside content stay text); option_logprobs -> /v1/completions on token
+ids with vLLM's `prompt_logprobs`, echoing the prompt without sampling. Requests run
+concurrently up to a limit, each with a timeout and retries with exponential backoff; a server
+that is down or does not know the model name gets a clear error instead of a hang.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from cai.config import EngineConfig
 from cai.engine import tokens
-from cai.engine.base import Completion, Engine, Prompt, Sampling, request_seeds
+from cai.engine.base import Completion, Engine, Prompt, Rendered, Sampling, request_seeds
 from cai.errors import EngineError
 
 RETRYABLE_STATUS = {408, 425, 429, 500, 502, 503, 504}
@@ -109,17 +109,14 @@ class HTTPEngine(tokens.TokenizerMixin, Engine):
                 body["seed"] = seed
             if sampling.stop:
                 body["stop"] = list(sampling.stop)
-            chat = not isinstance(prompt, str)
-            if chat:
-                body["messages"] = prompt
-                out = self._request("/chat/completions", body)
-            else:
-                body["prompt"] = prompt
-                out = self._request("/completions", body)
+            # Token ids, never text or chat messages: the server would parse special-token strings
+            # inside message content as real chat tokens (see cai/engine/tokens.py).
+            body["prompt"] = tokens.prompt_ids(self.tokenizer, prompt)
+            out = self._request("/completions", body)
             n_prompt = out.get("usage", {}).get("prompt_tokens", 0)
             comps = []
             for ch in sorted(out["choices"], key=lambda c: c["index"]):
-                text = ch["message"]["content"] if chat else ch["text"]
+                text = ch["text"]
                 text = text or ""
                 comps.append(Completion(text=text, prompt_tokens=n_prompt,
                                         completion_tokens=len(tokens.encode(self.tokenizer, text)),
@@ -129,7 +126,7 @@ class HTTPEngine(tokens.TokenizerMixin, Engine):
         items = list(zip(request_seeds(sampling, len(prompts), seeds), prompts, strict=True))
         return [c for group in self._map(one, items) for c in group]
 
-    def option_logprobs(self, prompts: list[str], options: list[str]) -> list[list[float]]:
+    def option_logprobs(self, prompts: list[Rendered | str], options: list[str]) -> list[list[float]]:
         prompt_ids, option_ids = tokens.option_sequences(self.tokenizer, prompts, options)
         jobs = [(p, o) for p in prompt_ids for o in option_ids]
 
