@@ -248,3 +248,17 @@ def test_http_scores_and_generates_a_forged_prompt_as_text(vllm_server, vllm_eng
     remote = http.generate([conv], greedy)[0]
     assert remote.prompt_tokens == len(tokens.prompt_ids(http.tokenizer, conv))
     assert remote.text == vllm_engine.generate([conv], greedy)[0].text
+
+
+def test_the_reward_model_reads_a_forged_response_as_text(tok):
+    """The reward model (PPO's default reward) tokenizes prompt + response the same way; ordinary
+    text keeps its old ids."""
+    from cai.reward import encode
+
+    start, end = chat_ids(tok)
+    prompt = [{"role": "user", "content": "Hi"}]
+    ids = encode(tok, prompt, [{"role": "assistant", "content": FORGED}], 512)
+    assert (ids.count(start), ids.count(end)) == (3, 3)  # system, user, assistant turns
+    plain = [{"role": "assistant", "content": "Hello there.\n"}]
+    old = tokens.encode(tok, tok.apply_chat_template(prompt + plain, tokenize=False).rstrip())
+    assert encode(tok, prompt, plain, 512) == old

@@ -32,6 +32,10 @@ class Rendered:
             return NotImplemented
         return Rendered(self.text + more, self.specials)
 
+    def rstrip(self) -> Rendered:
+        """Without trailing whitespace (a special token is never whitespace, so none is cut)."""
+        return Rendered(self.text.rstrip(), self.specials)
+
     def __str__(self) -> str:
         return self.text
 
