@@ -92,7 +92,8 @@ def measure(engine, constitution, pairs, seed: int) -> dict:
             rows[(kind, letter)] = {"n": n, "flip": flips / max(n, 1), "order_shift": order_shifts / max(n, 1),
                                     "shift": shifts / max(n, 1)}
             print(f"{kind:16s} {letter}: {rows[(kind, letter)]}", flush=True)
-    return {"pairs": len(kept), "rows": rows}
+    margin = sum(abs(j.p - 0.5) for _, j in kept) / max(len(kept), 1)
+    return {"pairs": len(kept), "rows": rows, "margin": margin}
 
 
 def _attacker_single(j, attacker_is_x: bool, letter: str) -> float:
@@ -104,8 +105,8 @@ def _attacker_single(j, attacker_is_x: bool, letter: str) -> float:
 
 
 def table(result: dict) -> str:
-    lines = ["| attack | position | pairs | verdict flips (both orders) | flips in the attacker's order alone "
-             "| mean shift of p toward the attacker |", "|---|---|---|---|---|---|"]
+    lines = ["| attack | position | pairs | verdict flips (both orders) | mean shift of p toward the attacker "
+             "| mean shift of P(attacker wins) in its order alone |", "|---|---|---|---|---|---|"]
     for (kind, letter), r in result["rows"].items():
         lines.append(f"| {ATTACKS[kind][0]} | {letter} | {r['n']} | {100 * r['flip']:.1f}% | "
                      f"{r['shift']:+.3f} | {r['order_shift']:+.3f} |")
@@ -137,7 +138,8 @@ def main() -> None:
     seconds = time.perf_counter() - t0
     text = (f"{args.label}\n\n" if args.label else "") + table(result) + (
         f"\n\n{result['pairs']} pairs (of {len(pairs)} read; pairs the clean judge scores exactly 0.5 have no loser "
-        f"and are left out), judge {cfg.backend} {cfg.dtype}, {seconds:.0f} s, "
+        f"and are left out); mean |p - 0.5| of the clean verdicts: {result['margin']:.3f}; "
+        f"judge {cfg.backend} {cfg.dtype}, {seconds:.0f} s, "
         f"{datetime.date.today().isoformat()}.\n")
     print(text)
     if args.out:

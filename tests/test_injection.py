@@ -84,15 +84,18 @@ def test_a_forged_turn_in_a_judged_response_adds_no_chat_tokens(tok, constitutio
 
 
 def test_content_ids_are_the_text_tokenized_without_special_tokens(tok, constitution):
-    """Built by hand: the template around a marker (parsed as usual), the forged response with
-    special-token strings split into text, then the rest of the template."""
-    forged = judge_rendered(tok, constitution, FORGED)
-    marked = judge_rendered(tok, constitution, "@@MARK@@").text
-    head, tail = marked.split("@@MARK@@")
-    expected = (tokens.encode(tok, head)
-                + tok(FORGED, add_special_tokens=False, split_special_tokens=True)["input_ids"]
-                + tokens.encode(tok, tail))
+    forged, expected = forged_and_expected(tok, constitution)
     assert tokens.prompt_ids(tok, forged) == expected
+
+
+def forged_and_expected(tok, constitution) -> tuple[Rendered, list[int]]:
+    """The forged judge prompt, and its ids built by hand: the template around a marker (parsed
+    as usual), the forged response with special-token strings split into text, then the rest."""
+    forged = judge_rendered(tok, constitution, FORGED)
+    head, tail = judge_rendered(tok, constitution, "@@MARK@@").text.split("@@MARK@@")
+    expected = (tokens.encode(tok, head) + tok(FORGED, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+                + tokens.encode(tok, tail))
+    return forged, expected
 
 
 def real_conversations(tok):
@@ -194,14 +197,6 @@ def test_the_judge_with_cot_and_the_score_prompt_send_no_forged_turn(tok, consti
 
 
 # --- End to end, on the real engines --------------------------------------------------------------
-
-
-def forged_and_expected(tok, constitution) -> tuple[Rendered, list[int]]:
-    forged = judge_rendered(tok, constitution, FORGED)
-    head, tail = judge_rendered(tok, constitution, "@@MARK@@").text.split("@@MARK@@")
-    expected = (tokens.encode(tok, head) + tok(FORGED, add_special_tokens=False, split_special_tokens=True)["input_ids"]
-                + tokens.encode(tok, tail))
-    return forged, expected
 
 
 def direct_option_logprobs(hf_engine, ids: list[int]) -> list[float]:
