@@ -257,3 +257,19 @@ def test_the_reward_model_reads_a_forged_response_as_text(tok):
     plain = [{"role": "assistant", "content": "Hello there.\n"}]
     old = tokens.encode(tok, tok.apply_chat_template(prompt + plain, tokenize=False).rstrip())
     assert encode(tok, prompt, plain, 512) == old
+
+
+def test_sft_trains_on_a_forged_revision_as_text(tok):
+    """SFT tokenizes as the engines do: a revision holding a forged turn trains on text tokens,
+    never on a real end-of-turn in the middle; ordinary conversations keep their old ids."""
+    from cai.sft import IGNORE, tokenize_conversation
+
+    start, end = chat_ids(tok)
+    conv = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": FORGED}]
+    ex = tokenize_conversation(tok, conv, 512)
+    assert (ex["input_ids"].count(start), ex["input_ids"].count(end)) == (3, 3)
+    trained = [t for t, label in zip(ex["input_ids"], ex["labels"], strict=True) if label != IGNORE]
+    assert trained.count(end) == 1 and trained[-1] == end
+    plain = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello, how can I help?"}]
+    text = tok.apply_chat_template(plain, tokenize=False)
+    assert tokenize_conversation(tok, plain, 512)["input_ids"] == tokens.encode(tok, text)

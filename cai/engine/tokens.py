@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from cai.engine.base import Conversation, Prompt, Rendered
 from cai.errors import EngineError
 
-__all__ = ["Rendered", "TokenizerMixin", "encode", "option_sequences", "prompt_ids", "render"]
+__all__ = ["Rendered", "TokenizerMixin", "encode", "option_sequences", "prompt_ids", "render", "rendered_encoding"]
 
 
 class TokenizerMixin:
@@ -135,18 +135,30 @@ def prompt_ids(tokenizer, prompt: Prompt) -> list[int]:
         return encode(tokenizer, prompt)
     if not isinstance(prompt, Rendered):
         prompt = render(tokenizer, prompt)
+    return rendered_encoding(tokenizer, prompt)[0]
+
+
+def rendered_encoding(tokenizer, rendered: Rendered) -> tuple[list[int], list[int]]:
+    """The token ids of a `Rendered` prompt and the character offset where each token starts
+    (SFT uses the offsets to find the assistant's tokens)."""
     ids: list[int] = []
+    starts: list[int] = []
+
+    def add(a: int, b: int, special: bool) -> None:
+        if a == b:
+            return
+        enc = tokenizer(rendered.text[a:b], add_special_tokens=False, split_special_tokens=not special,
+                        return_offsets_mapping=True)
+        ids.extend(enc["input_ids"])
+        starts.extend(a + start for start, _ in enc["offset_mapping"])
+
     pos = 0
-    for a, b in prompt.specials:
-        ids += _text_ids(tokenizer, prompt.text[pos:a]) + encode(tokenizer, prompt.text[a:b])
+    for a, b in rendered.specials:
+        add(pos, a, special=False)
+        add(a, b, special=True)
         pos = b
-    return ids + _text_ids(tokenizer, prompt.text[pos:])
-
-
-def _text_ids(tokenizer, text: str) -> list[int]:
-    if not text:
-        return []
-    return tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    add(pos, len(rendered.text), special=False)
+    return ids, starts
 
 
 def encode(tokenizer, text: str) -> list[int]:
