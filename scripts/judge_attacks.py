@@ -13,7 +13,9 @@ that response, and every attack tries to make it win. Each attack is written for
 Per attack kind and position: the flip rate of the both-order verdict (the label `cai label`
 writes: p = P(attacker wins) crosses 0.5), the mean shift of p toward the attacker, and the mean
 shift of P(attacker wins) in the single order where the attacker sits at P (what a judge without
-the both-order average would see). Principles are drawn by pair id, so a pair and its attacked copies are
+the both-order average would see). Two control rows append a neutral note instead of an attack:
+the default judge's clean verdicts are near 0.5, so any text moves some of them. Writes the
+table with --out; docs/reliability.md holds the measured one. Principles are drawn by pair id, so a pair and its attacked copies are
 judged under the same principle.
 """
 
