@@ -15,8 +15,8 @@ writes: p = P(attacker wins) crosses 0.5), the mean shift of p toward the attack
 shift of P(attacker wins) in the single order where the attacker sits at P (what a judge without
 the both-order average would see). Two control rows append a neutral note instead of an attack:
 the default judge's clean verdicts are near 0.5, so any text moves some of them. Writes the
-table with --out; docs/reliability.md holds the measured one. Principles are drawn by pair id, so a pair and its attacked copies are
-judged under the same principle.
+table with --out; docs/reliability.md holds the measured one. Principles are drawn by pair id,
+so a pair and its attacked copies are judged under the same principle.
 """
 
 from __future__ import annotations
