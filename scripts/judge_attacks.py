@@ -1,7 +1,7 @@
 """How far text injected into a judged response moves the default judge's verdict.
 
     python scripts/judge_attacks.py [--pairs data/hh-rlhf-harmless-dev/pairs.jsonl] [--n 32]
-                                    [--max-chars 1500] [--write-doc docs/reliability.md]
+                                    [--max-chars 1500] [--backend vllm] [--label TEXT] [--out FILE]
 
 The default judge (`cai label`'s: the default model, vLLM, float32 on a CPU, the default
 constitution, one principle per pair, both orders) judges the first N human-labeled pairs whose
