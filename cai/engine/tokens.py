@@ -53,7 +53,7 @@ def render(tokenizer, conversation: Conversation, add_generation_prompt: bool = 
     # template's own text, the only place where special tokens may come from.
     mark, marks = _markers(conversation)
     skeleton = tokenizer.apply_chat_template(
-        [{**m, "content": mark} for m, mark in zip(conversation, marks, strict=True)],
+        [{**m, "content": mk} for m, mk in zip(conversation, marks, strict=True)],
         tokenize=False, add_generation_prompt=add_generation_prompt)
     for transform in (lambda s: s, str.strip):  # some templates trim content (`| trim`)
         rendered = _fill(tokenizer, skeleton, mark, marks, [transform(m["content"]) for m in conversation])
@@ -117,7 +117,7 @@ def _special_strings(tokenizer) -> list[str]:
 def _find_specials(text: str, names: list[str]) -> list[tuple[int, int]]:
     out, i = [], 0
     while i < len(text):
-        hits = [(text.find(n, i), -len(n)) for n in names if text.find(n, i) >= 0]
+        hits = [(at, -len(n)) for n in names if (at := text.find(n, i)) >= 0]
         if not hits:
             break
         at, neg = min(hits)
