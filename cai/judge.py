@@ -39,7 +39,7 @@ from typing import Any, Literal
 from cai import config, models, provenance
 from cai.config import EngineConfig
 from cai.constitution import Constitution, Principle
-from cai.engine import Conversation, Engine, Sampling
+from cai.engine import Conversation, Engine, Rendered, Sampling
 from cai.errors import ConfigError
 from cai.prompts import judge_answer_cue, judge_prompt, score_answer_cue, score_prompt
 
@@ -244,7 +244,8 @@ def draw_principles(c: Constitution, options: JudgeOptions, seed: int, pair_id: 
     return c.sample_many(k, seed, pair_id, 0, distinct=options.distinct_principles)
 
 
-def judge_prompt_texts(engine: Engine, c: Constitution, pair: Pair, principle: Principle) -> tuple[str, str]:
+def judge_prompt_texts(engine: Engine, c: Constitution, pair: Pair,
+                       principle: Principle) -> tuple[Rendered, Rendered]:
     """The rendered judge prompts of one pair under one principle, in the xy and yx orders, up
     to the start of the judge's answer (the cue is added by the caller)."""
     xy = engine.render(judge_prompt(c, pair.conversation, pair.x, pair.y, principle))

@@ -35,8 +35,9 @@ import torch
 import torch.nn.functional as F
 
 from cai import models, records
+from cai.engine import tokens
 from cai.errors import ConfigError, InputError, Location, ModelNotFoundError, MultiError
-from cai.sft import load_tokenizer, render
+from cai.sft import load_tokenizer
 from cai.train_common import (
     SourceRow,
     Task,
@@ -247,10 +248,11 @@ def sequence_rewards(model, input_ids: torch.Tensor, attention_mask: torch.Tenso
 
 def encode(tokenizer, prompt: list[Message], response: list[Message], max_length: int) -> list[int]:
     """Token ids of prompt + response through the chat template, ending at the end-of-turn token
-    (trailing whitespace removed). Too long: the *start* is cut, keeping the scored end."""
-    text = render(tokenizer, prompt + response).rstrip()
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    return ids[-max_length:]
+    (trailing whitespace removed). Too long: the *start* is cut, keeping the scored end.
+    Special-token strings inside the messages stay text (cai/engine/tokens.py): a response cannot
+    forge the end of its turn."""
+    rendered = tokens.render(tokenizer, prompt + response, add_generation_prompt=False).rstrip()
+    return tokens.prompt_ids(tokenizer, rendered)[-max_length:]
 
 
 def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -147,7 +147,7 @@ class RolloutBatch:
 def prompt_ids(tokenizer, conversation: Conversation) -> list[int]:
     """The prompt's token ids exactly as every cai engine builds them (chat template, then
     the tokenizer without extra special tokens)."""
-    return tokens.encode(tokenizer, tokens.prompt_text(tokenizer, conversation))
+    return tokens.prompt_ids(tokenizer, conversation)
 
 
 def layout(queries: Sequence[Sequence[int]], completions: Sequence[Completion], pad_id: int) -> RolloutBatch:

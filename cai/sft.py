@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from cai import models, records
+from cai.engine import tokens
 from cai.errors import ConfigError, InputError, MultiError
 from cai.train_common import (
     Task,
@@ -117,10 +118,14 @@ def tokenize_conversation(tokenizer, messages: list[dict[str, str]], max_length:
     """input_ids of the rendered conversation (truncated to max_length at the right) and labels
     equal to input_ids on trained assistant tokens, IGNORE elsewhere."""
     text, spans = assistant_spans(tokenizer, messages, turns)
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids = enc["input_ids"][:max_length]
+    # Tokenized as every engine tokenizes prompts: special-token strings inside message content
+    # stay text (cai/engine/tokens.py), so training sees what generation will be fed. The
+    # rendered text is `text` (the same template call), so the spans apply to it.
+    rendered = tokens.render(tokenizer, messages, add_generation_prompt=False)
+    all_ids, starts = tokens.rendered_encoding(tokenizer, rendered)
+    ids = all_ids[:max_length]
     labels = [tok if any(a <= start < b for a, b in spans) else IGNORE
-              for tok, (start, _) in zip(ids, enc["offset_mapping"], strict=False)]
+              for tok, start in zip(ids, starts, strict=False)]
     return {"input_ids": ids, "labels": labels}
 
 

@@ -57,7 +57,7 @@ def raw_prefill(engine, texts: list[str]) -> dict:
 
     from cai.engine import tokens
 
-    ids = [tokens.encode(engine.tokenizer, t) for t in texts]
+    ids = [tokens.prompt_ids(engine.tokenizer, t) for t in texts]
     engine.llm.reset_prefix_cache()
     t0, c0 = time.perf_counter(), time.process_time()
     engine.llm.generate([{"prompt_token_ids": x} for x in ids], SamplingParams(max_tokens=1, temperature=0.0),

@@ -76,7 +76,7 @@ def replay_raw(engine, calls) -> tuple[float, int]:
     llm = engine.llm
     prepared = []
     for prompts, sampling, seeds, counts in calls:
-        ids = [{"prompt_token_ids": tok.encode(engine.tokenizer, tok.prompt_text(engine.tokenizer, p))}
+        ids = [{"prompt_token_ids": tok.prompt_ids(engine.tokenizer, p)}
                for p in prompts]
         params = [SamplingParams(max_tokens=max(1, n), ignore_eos=True, temperature=sampling.temperature,
                                  top_p=sampling.top_p, seed=s) for n, s in zip(counts, seeds, strict=True)]

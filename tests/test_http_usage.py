@@ -25,10 +25,16 @@ class WordTokenizer:
         return " ".join(m["content"] for m in conversation)
 
 
+class _Replies(list):
+    seen: list[tuple[str, dict]]
+
+
 @pytest.fixture
 def server():
-    """Answers /models, and /chat/completions with the reply a test puts in `replies`."""
-    replies: list[dict] = []
+    """Answers /models, and /completions with the reply a test puts in `replies`; records each
+    request (path, body) in `seen`."""
+    replies: _Replies = _Replies()
+    seen: list[tuple[str, dict]] = []
 
     class Handler(BaseHTTPRequestHandler):
         def _send(self, obj):
@@ -43,7 +49,7 @@ def server():
             self._send({"data": [{"id": "m"}]})
 
         def do_POST(self):  # noqa: N802
-            self.rfile.read(int(self.headers["Content-Length"]))
+            seen.append((self.path, json.loads(self.rfile.read(int(self.headers["Content-Length"])))))
             self._send(replies.pop(0))
 
         def log_message(self, *args):
@@ -51,6 +57,7 @@ def server():
 
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    replies.seen = seen
     yield f"http://127.0.0.1:{httpd.server_address[1]}/v1", replies
     httpd.shutdown()
 
@@ -62,10 +69,11 @@ def engine(base_url):
 
 
 def choice(text, finish, index=0):
-    return {"index": index, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
+    return {"index": index, "text": text, "finish_reason": finish}
 
 
-PROMPT = [[{"role": "user", "content": "one two three"}]]
+# Already-rendered text (the word tokenizer has no chat template to render a conversation with).
+PROMPT = ["one two three"]
 
 
 def test_token_counts_come_from_the_servers_usage(server):
@@ -73,6 +81,9 @@ def test_token_counts_come_from_the_servers_usage(server):
     replies.append({"choices": [choice("a b", "stop")], "usage": {"prompt_tokens": 11, "completion_tokens": 7}})
     (c,) = engine(url).generate(PROMPT, Sampling(max_tokens=8))
     assert (c.prompt_tokens, c.completion_tokens, c.finish_reason) == (11, 7, "stop")
+    # The prompt went as token ids to /completions (never as text the server would tokenize).
+    path, body = replies.seen[0]
+    assert path.endswith("/completions") and "chat" not in path and body["prompt"] == [0, 1, 2]
 
 
 def test_without_usage_the_counts_are_local(server):

@@ -4,10 +4,11 @@ imports vLLM."""
 from __future__ import annotations
 
 from cai.config import EngineConfig
-from cai.engine.base import Completion, Conversation, Engine, Message, Prompt, Sampling
+from cai.engine.base import Completion, Conversation, Engine, Message, Prompt, Rendered, Sampling
 from cai.errors import ConfigError
 
-__all__ = ["Completion", "Conversation", "Engine", "EngineConfig", "Message", "Prompt", "Sampling", "make_engine"]
+__all__ = ["Completion", "Conversation", "Engine", "EngineConfig", "Message", "Prompt", "Rendered", "Sampling",
+           "make_engine"]
 
 
 def make_engine(cfg: EngineConfig) -> Engine:

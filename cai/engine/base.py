@@ -13,9 +13,37 @@ from typing import Literal
 Role = Literal["system", "user", "assistant"]
 Message = dict[str, str]  # {"role": ..., "content": ...}
 Conversation = list[Message]
-# A prompt is a chat conversation (the engine applies the model's chat template) or a string
-# that is already rendered (used as-is, e.g. to continue a judge prompt after a cue).
-Prompt = Conversation | str
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """A conversation rendered by the model's chat template (`Engine.render`), with the places of
+    the template's own special tokens. Only those become special token ids: message content, and
+    any text appended with `+` (a cue, a rationale), is tokenized as text, so a response that
+    contains "<|im_end|>" cannot close its turn."""
+
+    text: str
+    """The prompt as the model sees it."""
+    specials: tuple[tuple[int, int], ...] = ()
+    """Character spans [start, end) of the template's special tokens in `text`."""
+
+    def __add__(self, more: str) -> Rendered:
+        if not isinstance(more, str):
+            return NotImplemented
+        return Rendered(self.text + more, self.specials)
+
+    def rstrip(self) -> Rendered:
+        """Without trailing whitespace (a special token is never whitespace, so none is cut)."""
+        return Rendered(self.text.rstrip(), self.specials)
+
+    def __str__(self) -> str:
+        return self.text
+
+
+# A prompt is a chat conversation (the engine applies the model's chat template), a `Rendered`
+# one (e.g. a judge prompt continued after a cue), or a string of trusted, already-rendered
+# text whose special-token strings are parsed (never put untrusted text in one).
+Prompt = Conversation | Rendered | str
 
 
 @dataclass(frozen=True)
@@ -102,17 +130,18 @@ class Engine(abc.ABC):
         record id, so a resumed job samples exactly as an uninterrupted one)."""
 
     @abc.abstractmethod
-    def option_logprobs(self, prompts: list[str], options: list[str]) -> list[list[float]]:
+    def option_logprobs(self, prompts: list[Rendered | str], options: list[str]) -> list[list[float]]:
         """Total log-probability of each option's tokens as a continuation of each rendered
         prompt: result[i][j] = log P(options[j] | prompts[i]). Prefill only, no sampling."""
 
     @abc.abstractmethod
-    def render(self, conversation: Conversation, add_generation_prompt: bool = True) -> str:
-        """The conversation as the model sees it (its chat template applied)."""
+    def render(self, conversation: Conversation, add_generation_prompt: bool = True) -> Rendered:
+        """The conversation as the model sees it (its chat template applied), with the
+        template's special tokens located so that content can never add one."""
 
     @abc.abstractmethod
-    def count_tokens(self, texts: list[str]) -> list[int]:
-        """Token counts of rendered texts (no special tokens added)."""
+    def count_tokens(self, texts: list[Rendered | str]) -> list[int]:
+        """Token counts of rendered prompts, tokenized as `generate` would (no BOS added)."""
 
     @property
     @abc.abstractmethod

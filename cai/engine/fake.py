@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from cai.engine.base import Completion, Conversation, Engine, Prompt, Sampling
+from cai.engine.base import Completion, Conversation, Engine, Prompt, Rendered, Sampling
 
 
 @dataclass
@@ -26,19 +26,19 @@ class FakeEngine(Engine):
     def max_model_len(self) -> int:
         return self.context
 
-    def render(self, conversation: Conversation, add_generation_prompt: bool = True) -> str:
+    def render(self, conversation: Conversation, add_generation_prompt: bool = True) -> Rendered:
         text = "".join(f"<{m['role']}>{m['content']}</{m['role']}>\n" for m in conversation)
-        return text + ("<assistant>" if add_generation_prompt else "")
+        return Rendered(text + ("<assistant>" if add_generation_prompt else ""))
 
-    def count_tokens(self, texts: list[str]) -> list[int]:
-        return [len(t.split()) for t in texts]
+    def count_tokens(self, texts: list[Rendered | str]) -> list[int]:
+        return [len(str(t).split()) for t in texts]
 
     def generate(self, prompts: list[Prompt], sampling: Sampling,
                  seeds: list[int] | None = None) -> list[Completion]:
         self.calls.append(("generate", len(prompts)))
         out = []
         for p in prompts:
-            text = p if isinstance(p, str) else self.render(p)
+            text = str(p) if isinstance(p, str | Rendered) else self.render(p).text
             n_prompt = len(text.split())
             for j in range(sampling.n):
                 reply = self.respond(text, j)
@@ -52,6 +52,6 @@ class FakeEngine(Engine):
                 out.append(Completion(reply, n_prompt, len(reply.split()), finish))
         return out
 
-    def option_logprobs(self, prompts: list[str], options: list[str]) -> list[list[float]]:
+    def option_logprobs(self, prompts: list[Rendered | str], options: list[str]) -> list[list[float]]:
         self.calls.append(("option_logprobs", len(prompts)))
-        return [[self.score(p, o) for o in options] for p in prompts]
+        return [[self.score(str(p), o) for o in options] for p in prompts]

@@ -7,7 +7,7 @@ import torch
 
 from cai.config import EngineConfig
 from cai.engine import tokens
-from cai.engine.base import Completion, Engine, Prompt, Sampling, request_seeds
+from cai.engine.base import Completion, Engine, Prompt, Rendered, Sampling, request_seeds
 from cai.errors import EngineError
 
 
@@ -54,7 +54,7 @@ class HFEngine(tokens.TokenizerMixin, Engine):
     @torch.no_grad()
     def generate(self, prompts: list[Prompt], sampling: Sampling,
                  seeds: list[int] | None = None) -> list[Completion]:
-        ids = [tokens.encode(self.tokenizer, tokens.prompt_text(self.tokenizer, p)) for p in prompts]
+        ids = [tokens.prompt_ids(self.tokenizer, p) for p in prompts]
         for i, x in enumerate(ids):
             if len(x) + 1 > self.max_model_len:
                 raise EngineError(f"prompt {i} has {len(x)} tokens, more than max_model_len={self.max_model_len}",
@@ -125,7 +125,7 @@ class HFEngine(tokens.TokenizerMixin, Engine):
         return input_ids.to(self.device), attn.to(self.device)
 
     @torch.no_grad()
-    def option_logprobs(self, prompts: list[str], options: list[str]) -> list[list[float]]:
+    def option_logprobs(self, prompts: list[Rendered | str], options: list[str]) -> list[list[float]]:
         prompt_ids, option_ids = tokens.option_sequences(self.tokenizer, prompts, options)
         seqs, spans = [], []
         for p in prompt_ids:

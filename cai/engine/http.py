@@ -1,10 +1,10 @@
 """The HTTP backend: any OpenAI-compatible server (`vllm serve`, or another compatible one).
 
-generate -> /v1/chat/completions (conversations) or /v1/completions (rendered text);
-option_logprobs -> /v1/completions on token ids with vLLM's `prompt_logprobs`, echoing the
-prompt without sampling. Requests run concurrently up to a limit, each with a timeout and
-retries with exponential backoff; a server that is down or does not know the model name gets a
-clear error instead of a hang.
+generate -> /v1/completions on token ids (rendered and tokenized here, as every backend does, so
+special-token strings inside content stay text); option_logprobs -> /v1/completions on token
+ids with vLLM's `prompt_logprobs`, echoing the prompt without sampling. Requests run
+concurrently up to a limit, each with a timeout and retries with exponential backoff; a server
+that is down or does not know the model name gets a clear error instead of a hang.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from cai.config import EngineConfig
 from cai.engine import tokens
-from cai.engine.base import Completion, Engine, Prompt, Sampling, finish_reason, request_seeds
+from cai.engine.base import Completion, Engine, Prompt, Rendered, Sampling, finish_reason, request_seeds
 from cai.errors import EngineError
 
 RETRYABLE_STATUS = {408, 425, 429, 500, 502, 503, 504}
@@ -109,28 +109,24 @@ class HTTPEngine(tokens.TokenizerMixin, Engine):
                 body["seed"] = seed
             if sampling.stop:
                 body["stop"] = list(sampling.stop)
-            chat = not isinstance(prompt, str)
-            if chat:
-                body["messages"] = prompt
-                out = self._request("/chat/completions", body)
-            else:
-                body["prompt"] = prompt
-                out = self._request("/completions", body)
-            return self._completions(out, prompt)
+            # Token ids, never text or chat messages: the server would parse special-token strings
+            # inside message content as real chat tokens (see cai/engine/tokens.py).
+            ids = tokens.prompt_ids(self.tokenizer, prompt)
+            body["prompt"] = ids
+            return self._completions(self._request("/completions", body), len(ids))
 
         items = list(zip(request_seeds(sampling, len(prompts), seeds), prompts, strict=True))
         return [c for group in self._map(one, items) for c in group]
 
-    def _completions(self, out: dict, prompt: Prompt) -> list[Completion]:
+    def _completions(self, out: dict, n_local_prompt: int) -> list[Completion]:
         """The choices of one response. Token counts are the server's own (`usage`): they count
         what it tokenized and generated, which a local re-encoding of the returned text may not."""
-        chat = not isinstance(prompt, str)
         choices = sorted(out["choices"], key=lambda c: c["index"])
-        texts = [(ch["message"]["content"] if chat else ch["text"]) or "" for ch in choices]
+        texts = [ch["text"] or "" for ch in choices]
         usage = out.get("usage") or {}
         n_prompt = usage.get("prompt_tokens")
-        if n_prompt is None:  # a server that sends no usage: count locally, as the other backends do
-            n_prompt = len(tokens.encode(self.tokenizer, tokens.prompt_text(self.tokenizer, prompt)))
+        if n_prompt is None:  # a server that sends no usage: the ids we sent are the prompt
+            n_prompt = n_local_prompt
         if usage.get("completion_tokens") is not None and len(choices) == 1:
             counts = [usage["completion_tokens"]]
         else:
@@ -141,7 +137,7 @@ class HTTPEngine(tokens.TokenizerMixin, Engine):
                            finish_reason=finish_reason(ch.get("finish_reason")))
                 for t, n, ch in zip(texts, counts, choices, strict=True)]
 
-    def option_logprobs(self, prompts: list[str], options: list[str]) -> list[list[float]]:
+    def option_logprobs(self, prompts: list[Rendered | str], options: list[str]) -> list[list[float]]:
         prompt_ids, option_ids = tokens.option_sequences(self.tokenizer, prompts, options)
         jobs = [(p, o) for p in prompt_ids for o in option_ids]
 

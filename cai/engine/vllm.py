@@ -12,7 +12,7 @@ from collections.abc import Iterable
 
 from cai.config import EngineConfig
 from cai.engine import tokens
-from cai.engine.base import Completion, Engine, Prompt, Sampling, finish_reason, request_seeds
+from cai.engine.base import Completion, Engine, Prompt, Rendered, Sampling, finish_reason, request_seeds
 from cai.errors import EngineError
 
 
@@ -88,7 +88,7 @@ class VLLMEngine(tokens.TokenizerMixin, Engine):
                  seeds: list[int] | None = None) -> list[Completion]:
         if not prompts:
             return []
-        ids = [tokens.encode(self.tokenizer, tokens.prompt_text(self.tokenizer, p)) for p in prompts]
+        ids = [tokens.prompt_ids(self.tokenizer, p) for p in prompts]
         self._check_lengths(ids, sampling.max_tokens)
         outs = self.llm.generate(
             [{"prompt_token_ids": x} for x in ids],
@@ -121,7 +121,7 @@ class VLLMEngine(tokens.TokenizerMixin, Engine):
                     fix="shorten the prompt or raise --max-model-len",
                 )
 
-    def option_logprobs(self, prompts: list[str], options: list[str]) -> list[list[float]]:
+    def option_logprobs(self, prompts: list[Rendered | str], options: list[str]) -> list[list[float]]:
         from vllm import SamplingParams
 
         if not prompts:
