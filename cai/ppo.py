@@ -10,7 +10,7 @@ a value model (trained, initialized from the reward model). One PPO step:
                   end of each response
     3. penalize   responses cut off at the token budget get a fixed penalty instead (EOS trick);
                   r_t = -beta * (log pi - log pi_ref) at every token, + the score at the last
-    4. advantages rewards scaled (whitened without mean shift); GAE (gamma 1, lambda 0.95);
+    4. advantages rewards divided by their std (never shifted); GAE (gamma 1, lambda 0.95);
                   advantages whitened
     5. update     ppo_epochs passes over shuffled minibatches: clipped policy loss, clipped
                   value loss
@@ -43,6 +43,7 @@ from cai.data import PromptRecord, Reject, read_prompts
 from cai.engine.base import Conversation, Engine, Sampling
 from cai.errors import CaiError, ConfigError, InputError, ResumeError
 from cai.ppo_math import (
+    REWARD_SCALINGS,
     AdaptiveKLController,
     FixedKLController,
     gae,
@@ -52,6 +53,7 @@ from cai.ppo_math import (
     penalize_missing_eos,
     per_token_rewards,
     policy_loss,
+    scale_rewards,
     value_loss,
 )
 from cai.progress import make_progress
@@ -190,8 +192,10 @@ class PPOConfig:
     """Policy ratio clipping epsilon."""
     cliprange_value: float = 0.2
     """Value clipping: how far a new value may move from the rollout's value."""
-    whiten_rewards: bool = True
-    """Scale the per-token rewards to unit variance per batch, without shifting the mean."""
+    reward_scaling: Literal["std", "none"] = "std"
+    """std: divide the per-token rewards by their standard deviation over the batch, without
+    shifting them (a shift is a per-token bonus, i.e. a length bias; see
+    cai.ppo_math.scale_rewards). none: use them as they are."""
     reward_batch_size: int = 16
     """Responses per reward-model forward pass."""
 
@@ -279,6 +283,9 @@ class PPOConfig:
             raise ConfigError(f"max_prompt_tokens + max_new_tokens = {self.max_prompt_tokens + self.max_new_tokens} "
                               f"exceeds rollout_engine.max_model_len = {self.rollout_engine.max_model_len}",
                               fix="lower max_prompt_tokens, or raise rollout_engine.max_model_len")
+        if self.reward_scaling not in REWARD_SCALINGS:
+            raise ConfigError(f"reward_scaling must be one of {', '.join(REWARD_SCALINGS)}, got {self.reward_scaling!r}",
+                              fix="std divides the rewards by their std (the default); none leaves them")
         if self.batch_size * self.ppo_epochs < 2:
             raise ConfigError("a PPO step needs at least 2 responses (whitening needs a variance)")
 
@@ -538,8 +545,8 @@ def compute_advantages(exp: Experience, cfg: PPOConfig, kl_coef: float) -> None:
     mask = exp.batch.response_mask
     r = per_token_rewards(exp.logprobs, exp.ref_logprobs, exp.scores, mask, kl_coef)
     exp.kl = r.kl
-    # Reward scaling: unit variance, mean kept (the sign of a reward still means good or bad).
-    exp.rewards = masked_whiten(r.rewards, mask, shift_mean=False) if cfg.whiten_rewards else r.rewards
+    # Reward scaling: divided by the std, never shifted (a shift would reward length).
+    exp.rewards = scale_rewards(r.rewards, mask, cfg.reward_scaling)
     advantages, exp.returns = gae(exp.rewards, exp.values, mask, cfg.gamma, cfg.lam)
     exp.advantages = masked_whiten(advantages, mask)
 
