@@ -56,6 +56,7 @@ from cai.ppo_math import (
     scale_rewards,
     value_loss,
 )
+from cai.ppo_models import load_policy, load_value_model, restore_dropout, save_value_model
 from cai.progress import make_progress
 from cai.rollout import (
     RolloutBatch,
@@ -284,7 +285,8 @@ class PPOConfig:
                               f"exceeds rollout_engine.max_model_len = {self.rollout_engine.max_model_len}",
                               fix="lower max_prompt_tokens, or raise rollout_engine.max_model_len")
         if self.reward_scaling not in REWARD_SCALINGS:
-            raise ConfigError(f"reward_scaling must be one of {', '.join(REWARD_SCALINGS)}, got {self.reward_scaling!r}",
+            raise ConfigError(f"reward_scaling must be one of {', '.join(REWARD_SCALINGS)}, "
+                              f"got {self.reward_scaling!r}",
                               fix="std divides the rewards by their std (the default); none leaves them")
         if self.batch_size * self.ppo_epochs < 2:
             raise ConfigError("a PPO step needs at least 2 responses (whitening needs a variance)")
@@ -329,67 +331,6 @@ def load_prompts(path: str, cfg: PPOConfig, tokenizer) -> tuple[list[PromptRecor
         raise InputError(f"{path} has no usable prompt ({len(rejects)} rejected)",
                          fix="see rejects.jsonl in the output folder for the reasons")
     return keep, rejects, longest
-
-
-def _no_dropout_config(path: str, loader) -> Any:
-    """The model's config with every dropout probability set to 0: PPO's ratio must compare the
-    same function at rollout and update time (N+ detail). The models also stay in eval mode."""
-    config = loader.from_pretrained(path)
-    for name, value in list(vars(config).items()):
-        if "dropout" in name and isinstance(value, float):
-            setattr(config, name, 0.0)
-    return config
-
-
-def restore_dropout(model, path: str) -> None:
-    """Put the dropout probabilities of the model's source config back before saving: they were
-    zeroed for training only, and whoever fine-tunes the result next expects the original."""
-    from transformers import AutoConfig
-
-    for name, value in vars(AutoConfig.from_pretrained(path)).items():
-        if "dropout" in name and isinstance(value, float):
-            setattr(model.config, name, value)
-
-
-def load_policy(path: str, device: torch.device):
-    """(policy, frozen reference copy, tokenizer)."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token  # padding is masked everywhere; any id works
-    policy = AutoModelForCausalLM.from_pretrained(path, config=_no_dropout_config(path, AutoConfig),
-                                                  dtype=torch.float32).to(device).eval()
-    ref = copy.deepcopy(policy).eval().requires_grad_(False)
-    return policy, ref, tokenizer
-
-
-def load_value_model(cfg: PPOConfig, policy_path: str, tokenizer, device: torch.device):
-    """The value model: the reward model's weights (method.md §4), read per token; under
-    reward: judge, the policy's backbone with a zero value head (values start at 0)."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
-
-    from cai.reward import _quiet_transformers
-
-    if cfg.reward == "rm":
-        path = str(cfg.reward_model)
-        rm_vocab = AutoTokenizer.from_pretrained(path).get_vocab()
-        if rm_vocab != tokenizer.get_vocab():
-            raise ConfigError(f"the reward model {path} has a different tokenizer from the policy {policy_path}",
-                              fix="train the reward model from the policy (or the model the policy came from)")
-        value = AutoModelForSequenceClassification.from_pretrained(
-            path, config=_no_dropout_config(path, AutoConfig), dtype=torch.float32)
-    else:
-        config = _no_dropout_config(policy_path, AutoConfig)
-        config.num_labels = 1
-        with _quiet_transformers():  # the new head is expected; no load report for it
-            value = AutoModelForSequenceClassification.from_pretrained(policy_path, config=config,
-                                                                       dtype=torch.float32)
-        torch.nn.init.zeros_(value.score.weight)
-    if getattr(value, "score", None) is None or value.score.out_features != 1:
-        raise ConfigError(f"{type(value).__name__} has no one-output `score` head to read values from",
-                          fix="use a decoder model loaded with AutoModelForSequenceClassification")
-    return value.to(device).eval()
 
 
 Scorer = Callable[[list[Conversation], list[str], int], list[float]]
@@ -735,7 +676,8 @@ def train_ppo(cfg: PPOConfig, *, force: bool = False, progress: bool = True, rol
     policy_path = models.resolve(cfg.policy)
     policy, ref, tokenizer = load_policy(policy_path, device)
     generation_config = copy.deepcopy(policy.generation_config)  # saved unchanged with the result
-    value_model = load_value_model(cfg, policy_path, tokenizer, device)
+    value_model = load_value_model(cfg.reward_model if cfg.reward == "rm" else None, policy_path, tokenizer,
+                                   device)
     prompts, rejects, longest = load_prompts(cfg.prompts, cfg, tokenizer)
     eval_prompts, eval_rejects, eval_longest = (load_prompts(cfg.eval_prompts, cfg, tokenizer) if cfg.eval_prompts
                                                 else ([], [], 0))
@@ -900,10 +842,10 @@ def train_ppo(cfg: PPOConfig, *, force: bool = False, progress: bool = True, rol
     # --- The result: a plain Hugging Face folder (and the value model beside it) ---
     policy.generation_config = generation_config
     restore_dropout(policy, policy_path)
-    restore_dropout(value_model, cfg.reward_model or policy_path)
     policy.to("cpu").save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
-    value_model.to("cpu").save_pretrained(out / "value", safe_serialization=True)
+    save_value_model(value_model, tokenizer, out / "value", cfg.rollout_engine.max_model_len,
+                     cfg.reward_model or policy_path)
     summary = {
         "stage": "ppo", "policy": cfg.policy, "reward": cfg.reward, "reward_model": cfg.reward_model,
         "prompts": len(prompts), "rejected": len(rejects) + len(eval_rejects), "steps": step,

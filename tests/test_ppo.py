@@ -124,6 +124,31 @@ def test_logprobs_and_values_under_padding_equal_unpadded_rows(tiny):
             torch.testing.assert_close(values[i, :len(r)], want_v, atol=1e-5, rtol=1e-5)
 
 
+def test_value_model_starts_at_the_reward_models_normalized_score(tiny, tmp_path):
+    """The value targets are built from normalized scores (gain * raw + bias), so the value
+    model, initialized from the reward model, must start in those units: its head folds in the
+    gain and bias of cai_reward.json, and the value read at a sequence's last token is the
+    reward model's score, not its raw output."""
+    from transformers import AutoTokenizer
+
+    from cai.ppo_models import load_value_model
+    from cai.reward import RewardModel
+
+    source = RewardModel.load(tiny["rm"])
+    RewardModel(source.model, source.tokenizer, gain=2.5, bias=-0.7, max_length=256).save(tmp_path / "rm")
+    rm = RewardModel.load(tmp_path / "rm")
+    value = load_value_model(str(tmp_path / "rm"), tiny["policy"], AutoTokenizer.from_pretrained(tiny["policy"]),
+                             torch.device("cpu"))
+    prompts = ["Name a colour.", "What is 2 + 2?", "Say hello."]
+    responses = ["Blue.", "Four, of course.", "Hello there, nice to meet you!"]
+    want, raw = rm.score(prompts, responses), rm.score_raw(prompts, responses)
+    with torch.no_grad():
+        for p, r, w in zip(prompts, responses, want, strict=True):
+            hidden = value.model(input_ids=torch.tensor([rm.encode(p, r)])).last_hidden_state
+            assert value.score(hidden[0, -1]).item() == pytest.approx(w, abs=1e-5)
+    assert all(abs(w - r) > 0.1 for w, r in zip(want, raw, strict=True))  # the raw score would be wrong
+
+
 def test_compare_logprobs_accepts_agreement_and_fails_loudly_beyond_tolerance():
     b = layout([[5], [6]], [completion([1, 2], lps=[-1.0, -2.0]), completion([3], lps=[-0.5])], pad_id=0)
     close = torch.tensor([[-1.0005, -2.0], [-0.5, 0.0]])
@@ -274,6 +299,9 @@ def test_cli_run_writes_model_metrics_samples_tensorboard_and_config(tiny, tmp_p
     assert [s["id"] for s in samples] == ["step-1-0", "step-1-1", "step-2-0", "step-2-1"]
     assert list((out / "tb").glob("events.out.tfevents.*"))
     assert (out / "model.safetensors").exists() and (out / "value" / "model.safetensors").exists()
+    from cai.reward import RewardModel
+
+    assert RewardModel.load(out / "value").bias != 0.0  # the value head's bias, kept beside the weights
     assert not (out / "checkpoints").exists()  # deleted once the policy is saved
     done = json.loads((out / "train_done.json").read_text())
     assert done["steps"] == 2 and done["eval_reward_start"] is not None
