@@ -61,9 +61,11 @@ from cai.progress import make_progress
 from cai.rollout import (
     RolloutBatch,
     call_with_timeout,
+    check_reload,
     compare_logprobs,
     engine_logprob_temperature,
     mean_entropy,
+    probe_rows,
     prompt_ids,
     response_logprobs,
     response_values,
@@ -402,6 +404,21 @@ def sync_weights(engine: Engine, policy, timeout_s: float) -> float:
     return time.perf_counter() - t0
 
 
+@torch.no_grad()
+def verify_reload(cfg: PPOConfig, engine: Engine, exp: Experience, policy, device: torch.device) -> dict[str, float]:
+    """Check that the reload took (cai.rollout.check_reload), on this step's first rollouts."""
+    rows = probe_rows(exp.batch)
+    probe = exp.batch.select(rows)
+    new_lp = []
+    for sub in chunks(len(rows), cfg.local_minibatch_size):
+        with autocast(device, cfg.precision):
+            new_lp.append(response_logprobs(policy, probe.select(sub), 1.0)[0])
+    check = check_reload(engine, probe, exp.check_logprobs[torch.tensor(rows, device=device)], torch.cat(new_lp),
+                         cfg.engine_timeout_s)
+    return {k: v for k, v in (("engine/reload_agreement", check.agreement), ("engine/reload_stderr", check.stderr))
+            if math.isfinite(v)}
+
+
 # ---------------------------------------------------------------------------------------------
 # 1-4: rollout, score, penalize, advantages
 # ---------------------------------------------------------------------------------------------
@@ -425,6 +442,9 @@ class Experience:
     entropy: float
     """Mean per-token entropy of the sampling distribution."""
     engine_check: dict[str, float]
+    check_logprobs: torch.Tensor | None = None
+    """[B, R] engines with their own weights: the trainer's raw (T = 1) log-probs before the
+    update, which the reload check after it compares with (cai.rollout.check_reload)."""
     rewards: torch.Tensor | None = None
     kl: torch.Tensor | None = None
     advantages: torch.Tensor | None = None
@@ -477,7 +497,8 @@ def rollout(cfg: PPOConfig, records_: Sequence[PromptRecord], seeds: Sequence[in
     timings["time/scoring"] = time.perf_counter() - t0
     return Experience(batch=batch, logprobs=torch.cat(logprobs), ref_logprobs=torch.cat(ref_logprobs),
                       values=torch.cat(values), raw_scores=raw_scores, scores=scores,
-                      entropy=entropy_sum / max(float(batch.response_mask.sum()), 1.0), engine_check=engine_check)
+                      entropy=entropy_sum / max(float(batch.response_mask.sum()), 1.0), engine_check=engine_check,
+                      check_logprobs=torch.cat(check_lps) if check else None)
 
 
 @torch.no_grad()
@@ -795,6 +816,7 @@ def train_ppo(cfg: PPOConfig, *, force: bool = False, progress: bool = True, rol
                         "Read samples.jsonl", LengthDriftWarning, stacklevel=2)
                 if holds_own_weights(rollout_engine):
                     timings["time/weight_sync"] = sync_weights(rollout_engine, policy, cfg.engine_timeout_s)
+                    exp.engine_check.update(verify_reload(cfg, rollout_engine, exp, policy, device))
                 metrics = {
                     "objective/reward": float(exp.scores.mean()),
                     "objective/score": float(exp.raw_scores.mean()),

@@ -59,7 +59,7 @@ def fold_into_head(model, gain: float, bias: float) -> None:
     head = torch.nn.Linear(old.in_features, 1, bias=True, dtype=old.weight.dtype, device=old.weight.device)
     with torch.no_grad():
         head.weight.copy_(old.weight * gain)
-        head.bias.fill_(bias + (float(old.bias) * gain if old.bias is not None else 0.0))
+        head.bias.fill_(bias + (float(old.bias.detach()) * gain if old.bias is not None else 0.0))
     model.score = head
 
 
@@ -109,7 +109,7 @@ def save_value_model(value_model, tokenizer, folder: Path, max_length: int, sour
         plain.weight.copy_(folded.weight)
     value_model.score = plain
     try:
-        RewardModel(value_model, tokenizer, gain=1.0, bias=float(folded.bias), max_length=max_length).save(
+        RewardModel(value_model, tokenizer, gain=1.0, bias=float(folded.bias.detach()), max_length=max_length).save(
             folder, source="cai ppo value model")
     finally:
         value_model.score = folded

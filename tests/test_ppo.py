@@ -162,6 +162,96 @@ def test_compare_logprobs_accepts_agreement_and_fails_loudly_beyond_tolerance():
         compare_logprobs(missing, torch.zeros(1, 1), 1.0)
 
 
+def test_reload_agreement_tells_new_weights_from_previous_under_bf16_noise():
+    """The numbers the check must separate (issue 10): a bf16 engine is ~0.07 nats per token
+    off the fp32 trainer, one update at the default learning rate moves ~0.05. A tolerance on
+    |engine - trainer| cannot tell the two apart; the slope of the engine's change on the
+    trainer's can."""
+    from cai.rollout import RELOAD_MIN_AGREEMENT, reload_agreement
+
+    gen = torch.Generator().manual_seed(0)
+    shape = (16, 32)
+    mask = torch.ones(shape)
+    mask[::2, 20:] = 0  # ragged responses
+    previous = -torch.rand(shape, generator=gen) * 4
+    new = previous + torch.randn(shape, generator=gen) * 0.06  # one update
+    noise = torch.randn(shape, generator=gen) * 0.09  # bf16 against fp32 (mean |.| ~ 0.07)
+    fresh = reload_agreement(new + noise, previous, new, mask)
+    stale = reload_agreement(previous + noise, previous, new, mask)
+    assert fresh.conclusive and stale.conclusive and fresh.tokens == int(mask.sum())
+    assert abs(fresh.agreement - 1) < 3 * fresh.stderr and abs(stale.agreement) < 3 * stale.stderr
+    assert fresh.agreement > RELOAD_MIN_AGREEMENT > stale.agreement
+    # ... while the mean |engine - trainer| is about the same either way: no tolerance separates them.
+    m = mask.bool()
+    assert abs(float((new + noise - new).abs()[m].mean()) - float((previous + noise - new).abs()[m].mean())) < 0.03
+    # An update that changed nothing cannot be checked: the check abstains instead of guessing.
+    assert not reload_agreement(previous + noise, previous, previous, mask).conclusive
+
+
+class OwnWeightsEngine(Engine):
+    """Like vLLM, an engine with its own copy of the policy: rollouts sample from the copy,
+    `load_weights` replaces it (or, when `broken`, silently keeps the previous weights) and
+    `probe_logprobs` scores with it."""
+
+    model_name = "own weights"
+
+    def __init__(self, policy_path: str, broken: bool = False):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from cai.engine.hf import HFEngine
+
+        self.model = AutoModelForCausalLM.from_pretrained(policy_path).eval()
+        self.model.generation_config.repetition_penalty = 1.0
+        self.hf = HFEngine.from_model(self.model, AutoTokenizer.from_pretrained(policy_path))
+        self.broken, self.loads = broken, 0
+
+    def generate(self, prompts, sampling: Sampling, seeds=None):
+        return self.hf.generate(prompts, sampling, seeds)
+
+    def load_weights(self, named_tensors) -> None:
+        self.loads += 1
+        if not self.broken:
+            self.model.load_state_dict(dict(named_tensors))
+
+    @torch.no_grad()
+    def probe_logprobs(self, sequences, starts):
+        out = []
+        for seq, start in zip(sequences, starts, strict=True):
+            logits = self.model(input_ids=torch.tensor([seq])).logits[0, start - 1:-1].float()
+            wanted = torch.tensor(seq[start:])[:, None]
+            out.append(torch.log_softmax(logits, -1).gather(-1, wanted).squeeze(-1).tolist())
+        return out
+
+    def option_logprobs(self, prompts, options):
+        raise NotImplementedError
+
+    def render(self, conversation, add_generation_prompt=True):
+        return self.hf.render(conversation, add_generation_prompt)
+
+    def count_tokens(self, texts):
+        return self.hf.count_tokens(texts)
+
+    @property
+    def max_model_len(self):
+        return 2048
+
+
+@pytest.mark.parametrize("broken", [False, True])
+def test_a_reload_that_did_not_take_stops_the_run(tiny, tmp_path, broken):
+    """The loop checks every reload: a working one logs an agreement of ~1; one that leaves the
+    previous weights in the engine stops the run right after it, before any rollout from them."""
+    engine = OwnWeightsEngine(tiny["policy"], broken=broken)
+    cfg = tiny_config(tiny, tmp_path, temperature=1.0, steps=2, checkpoint_every=0)  # raw log-probs, as vLLM's
+    if broken:
+        with pytest.raises(EngineError, match=r"the weight reload did not take: .* moved -?0\.0\d \(\+- "):
+            train_ppo(cfg, progress=False, rollout_engine=engine)
+        assert engine.loads == 2  # the sync at the start, then the first update's
+        return
+    train_ppo(cfg, progress=False, rollout_engine=engine)
+    rows = metric_rows(tmp_path / "out")
+    assert all(r["engine/reload_agreement"] == pytest.approx(1.0, abs=1e-3) for r in rows), rows
+
+
 def test_call_with_timeout_returns_reraises_and_never_hangs():
     assert call_with_timeout(lambda: 42, 5, "nothing") == 42
     with pytest.raises(KeyError):
@@ -528,3 +618,42 @@ def test_vllm_rollouts_reload_weights_in_place(vllm_engine, default_model_path, 
         lp, _ = response_logprobs(original, batch, 1.0)
     assert compare_logprobs(batch, lp, 1e-3).mean_abs_diff < 1e-3  # restored for the rest of the session
 
+
+
+@pytest.fixture(scope="module")
+def auto_dtype_engine(default_model_path):
+    """A vLLM engine at the rollout engine's default dtype (auto: bfloat16 on a CPU), the case
+    where one update's drift is smaller than the engine's numerical noise. A second engine
+    beside the session's fp32 one, closed with this module."""
+    from cai.config import EngineConfig
+    from cai.engine.vllm import VLLMEngine
+
+    engine = VLLMEngine(default_model_path, EngineConfig(backend="vllm", max_model_len=1024, seed=0),
+                        model_name="default")
+    yield engine
+    engine.close()
+
+
+@pytest.mark.engine
+@pytest.mark.parametrize("broken", [True, False])  # broken first: it leaves the engine's weights as they were
+def test_reload_check_at_the_default_dtype_and_learning_rate(auto_dtype_engine, tiny, tmp_path, monkeypatch, broken):
+    """bf16 vLLM, default learning rate, 16 optimizer steps per update (the default count): a
+    reload that did not take stops the run; one that did passes with an agreement near 1."""
+    from cai.config import EngineConfig
+
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"id": f"r{i}", "prompt": conversation(q)}
+                                                 for i, (q, _) in enumerate(QA[:16])])
+    cfg = PPOConfig(policy="default", reward_model=tiny["rm"], prompts=str(prompts), out=str(tmp_path / "out"),
+                    rollout_engine=EngineConfig(backend="vllm", max_model_len=1024), max_new_tokens=32, steps=1,
+                    batch_size=16, num_minibatches=4, checkpoint_every=0, engine_timeout_s=300)
+    assert (cfg.learning_rate, cfg.ppo_epochs, cfg.logprob_tolerance) == (3e-6, 4, 0.25)  # the defaults
+    if broken:
+        monkeypatch.setattr(auto_dtype_engine, "load_weights", lambda named_tensors: None)
+        with pytest.raises(EngineError, match="the weight reload did not take") as e:
+            train_ppo(cfg, progress=False, rollout_engine=auto_dtype_engine)
+        print(e.value)
+        return
+    train_ppo(cfg, progress=False, rollout_engine=auto_dtype_engine)
+    row = metric_rows(tmp_path / "out")[0]
+    print({k: v for k, v in row.items() if k.startswith("engine/")})
+    assert row["engine/reload_agreement"] > 0.5 and row["engine/reload_stderr"] < 0.2, row
