@@ -574,11 +574,12 @@ def ppo_update(exp: Experience, cfg: PPOConfig, step: int, policy, value_model, 
 
 @torch.no_grad()
 def evaluate(cfg: PPOConfig, prompts: Sequence[PromptRecord], engine: Engine, tokenizer, policy, ref,
-             scorer: Scorer, device: torch.device) -> dict[str, float]:
+             scorer: Scorer, device: torch.device, step: int) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Mean reward (after the EOS trick), raw score, KL and length on the held-out prompts, with
-    the same per-prompt seeds every time, so two evaluations differ only by the policy."""
+    the same per-prompt seeds every time, so two evaluations differ only by the policy; and one
+    row per response (for eval_samples.jsonl)."""
     sampling = Sampling(max_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=1.0, seed=None)
-    scores, raw_scores, kls, lengths, ended = [], [], [], [], []
+    scores, raw_scores, kls, lengths, ended, samples = [], [], [], [], [], []
     for rows in chunks(len(prompts), cfg.batch_size):
         recs = [prompts[i] for i in rows]
         seeds = [provenance.derive_seed(cfg.seed, "eval", r.id) for r in recs]
@@ -599,9 +600,14 @@ def evaluate(cfg: PPOConfig, prompts: Sequence[PromptRecord], engine: Engine, to
         kls.append(kl.cpu())
         lengths.append(batch.response_mask.sum(-1).float().cpu())
         ended.append(eos.float())
-    return {"eval/reward": float(torch.cat(scores).mean()), "eval/score": float(torch.cat(raw_scores).mean()),
-            "eval/kl": float(torch.cat(kls).mean()), "eval/response_length": float(torch.cat(lengths).mean()),
-            "eval/eos_frac": float(torch.cat(ended).mean())}
+        for i, (r, c) in enumerate(zip(recs, batch.completions, strict=True)):
+            samples.append({"id": f"eval-{step}-{r.id}", "step": step, "prompt_id": r.id, "response": c.text,
+                            "finish_reason": c.finish_reason, "score": round(float(raw[i]), 4),
+                            "kl": round(float(kl[i]), 4)})
+    metrics = {"eval/reward": float(torch.cat(scores).mean()), "eval/score": float(torch.cat(raw_scores).mean()),
+               "eval/kl": float(torch.cat(kls).mean()), "eval/response_length": float(torch.cat(lengths).mean()),
+               "eval/eos_frac": float(torch.cat(ended).mean())}
+    return metrics, samples
 
 
 # ---------------------------------------------------------------------------------------------
@@ -727,7 +733,7 @@ def train_ppo(cfg: PPOConfig, *, force: bool = False, progress: bool = True, rol
 
     step, saved_at, updating = start, start, False
     metrics: dict[str, float] = {}
-    owned_engine = owned_judge = log = samples = None
+    owned_engine = owned_judge = log = samples = eval_samples = None
 
     def checkpoint(at: int) -> None:
         nonlocal saved_at
@@ -737,8 +743,9 @@ def train_ppo(cfg: PPOConfig, *, force: bool = False, progress: bool = True, rol
         saved_at = at
 
     def run_eval(at: int) -> dict[str, float]:
-        result = evaluate(cfg, eval_prompts, rollout_engine, tokenizer, policy, ref, scorer, device)
+        result, rows = evaluate(cfg, eval_prompts, rollout_engine, tokenizer, policy, ref, scorer, device, at)
         log.log(at, result)
+        eval_samples.extend([r for r in rows if r["id"] not in eval_samples])
         return result
 
     try:
@@ -753,6 +760,7 @@ def train_ppo(cfg: PPOConfig, *, force: bool = False, progress: bool = True, rol
             sync_weights(rollout_engine, policy, cfg.engine_timeout_s)
         log = MetricsLog(out, start)
         samples = records.JsonlStore(out / "samples.jsonl")
+        eval_samples = records.JsonlStore(out / "eval_samples.jsonl")
         if resume_rng is not None:
             set_rng_state(resume_rng)  # after the engines: starting vLLM reseeds the global RNGs
 
@@ -857,7 +865,7 @@ def train_ppo(cfg: PPOConfig, *, force: bool = False, progress: bool = True, rol
             checkpoint(step)
         raise
     finally:
-        for resource in (log, samples, owned_engine, owned_judge):
+        for resource in (log, samples, eval_samples, owned_engine, owned_judge):
             if resource is not None:
                 resource.close()
 
