@@ -510,66 +510,28 @@ def test_judge_reward_is_direct_rlaif(tiny, tmp_path):
 
 # --- the default model ---------------------------------------------------------------------------
 
-# A learnable synthetic preference: brevity. Short-answer questions under a system prompt that
-# asks for few words; the reward model learns that the short answer beats the same answer with
-# rambling after it. The policy (SmolLM2-135M) ends within 16 tokens about half the time at the
-# start, so it can move toward ending early quickly.
-SYSTEM = "Answer in as few words as possible."
-QA = [("What color is the sky?", "Blue"), ("What is 2 + 2?", "Four"), ("Name a fruit.", "An apple"),
-      ("What is the capital of France?", "Paris"), ("Is ice cold?", "Yes"), ("How many legs does a dog have?", "Four"),
-      ("What is the opposite of hot?", "Cold"), ("Say hello.", "Hello"), ("What day comes after Monday?", "Tuesday"),
-      ("Which animal says moo?", "A cow"), ("What is ice made of?", "Water"), ("Name a primary color.", "Red"),
-      ("What is the largest planet?", "Jupiter"), ("How many days are in a week?", "Seven"),
-      ("What do bees make?", "Honey"), ("Spell cat.", "C-A-T"), ("Which season is the coldest?", "Winter"),
-      ("What is the color of grass?", "Green"), ("How many hours in a day?", "24"), ("What shape is a ball?", "Round"),
-      ("Name a bird.", "A robin"), ("What do cows drink?", "Water"), ("What is the sun?", "A star"),
-      ("What is frozen rain called?", "Snow")]
-FILLER = ["This is a question many people ask, and the full answer depends on several factors worth discussing.",
-          "Let me explain in some detail, because there is a long history behind this and plenty of nuance.",
-          "There are many perspectives here, and scientists have debated the details for a very long time.",
-          "To understand it properly we should first consider the background and the context around it.",
-          "In addition, it is worth mentioning a few related facts that people often find quite surprising.",
-          "I hope this long explanation helps you understand the topic better than a short reply would."]
-
-
-def conversation(question: str) -> list[dict[str, str]]:
-    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}]
-
-
-@pytest.fixture(scope="module")
-def brevity(tmp_path_factory) -> dict[str, str]:
-    """Prompt files (16 train, 8 held out) and a reward model trained with cai rm's Python API."""
-    from cai.reward import RMConfig, train_reward
-
-    root = tmp_path_factory.mktemp("brevity")
-    rng = random.Random(0)
-    pairs = [{"id": f"{i}", "prompt": conversation(q), "chosen": f"{a}.",
-              "rejected": f"{a}. " + " ".join(rng.sample(FILLER, 2))} for i, (q, a) in enumerate(QA[:16])]
-    write_jsonl(root / "prefs.jsonl", pairs)
-    write_jsonl(root / "train.jsonl", [{"id": f"t{i}", "prompt": conversation(q)} for i, (q, _) in enumerate(QA[:16])])
-    write_jsonl(root / "eval.jsonl", [{"id": f"e{i}", "prompt": conversation(q)} for i, (q, _) in enumerate(QA[16:])])
-    summary = train_reward(RMConfig(prefs=str(root / "prefs.jsonl"), base="default", out=str(root / "rm"),
-                                    max_steps=2, batch_size=8, learning_rate=5e-5, warmup_ratio=0.0,
-                                    max_length=128, checkpoint_every=0, log_every=1, norm_max_responses=16),
-                           progress=False)
-    assert summary["train_accuracy"] == 1.0
-    return {"rm": str(root / "rm"), "train": str(root / "train.jsonl"), "eval": str(root / "eval.jsonl")}
+# A learnable synthetic preference whose property can be counted: a polite closing line. The task,
+# the reward model (trained with cai's rm API) and the PPO run are scripts/ppo_learns.py's, which
+# also prints the curve recorded in docs/ppo.md.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+from ppo_learns import QA, conversation  # noqa: E402
+from ppo_learns import run as run_learning_task  # noqa: E402
 
 
 @pytest.mark.engine
-def test_ppo_raises_held_out_reward_with_bounded_kl(brevity, tmp_path):
-    cfg = PPOConfig(policy="default", reward_model=brevity["rm"], prompts=brevity["train"],
-                    eval_prompts=brevity["eval"], out=str(tmp_path / "out"), max_new_tokens=16, steps=5,
-                    batch_size=8, num_minibatches=2, ppo_epochs=1, learning_rate=2e-5, lr_scheduler="constant",
-                    kl_coef=0.05, checkpoint_every=0, sample_every=2)
-    s = train_ppo(cfg, progress=False)
-    rows = metric_rows(tmp_path / "out")
-    train = [r for r in rows if "objective/reward" in r]
-    evals = [r for r in rows if "eval/reward" in r]
-    assert s["eval_reward_end"] > s["eval_reward_start"] + 0.3, (evals, train)
-    assert evals[-1]["eval/eos_frac"] > evals[0]["eval/eos_frac"]
-    assert all(0 <= r["objective/kl"] < 10 for r in train) and evals[-1]["eval/kl"] < 10
-    assert all(r["policy/clipfrac"] < 0.5 for r in train)
+def test_ppo_learns_a_counted_property_with_bounded_kl(tmp_path):
+    """The reward model's own score (not the EOS-penalized reward, which can rise just by ending
+    with EOS) and the share of held-out answers with the closing line both rise well above the
+    start, and the KL stays under its bound at every evaluation and every step."""
+    result = run_learning_task(tmp_path, threads=2)
+    assert result["rm"]["train_accuracy"] == 1.0
+    start, end = result["curve"][0], result["curve"][-1]
+    assert start["step"] == 0 and end["step"] == result["ppo"]["steps"]
+    assert end["score"] > start["score"] + 0.5, result["curve"]
+    assert end["closing"] >= start["closing"] + 0.3, result["curve"]
+    assert all(r["kl"] < result["max_kl"] for r in result["curve"]), result["curve"]
+    train = [r for r in metric_rows(tmp_path / "ppo") if "objective/kl" in r]
+    assert len(train) == result["ppo"]["steps"] and all(r["objective/kl"] < result["max_kl"] for r in train)
 
 
 @pytest.mark.engine
