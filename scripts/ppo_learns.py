@@ -2,8 +2,8 @@
 reward model trained with cai's own `rm` API on a synthetic preference whose property can also
 be counted: a polite closing line ("Hope this helps!").
 
-    python scripts/ppo_learns.py                  # about 5 minutes on 2 CPU cores
-    python scripts/ppo_learns.py --out runs/learns --steps 12
+    python scripts/ppo_learns.py --threads 2      # about 4 minutes on 2 CPU cores
+    python scripts/ppo_learns.py --out runs/learns --steps 12 --threads 2   # longer
 
 1. Task. Simple questions, each after one example exchange whose answer ends with "Hope this
    helps!" (without the example the 135M model never closes politely: 0 of 12 samples; with
@@ -116,7 +116,7 @@ def curve(out: Path) -> list[dict[str, float]]:
             for step, rows in sorted(by_step.items())]
 
 
-def run(root: Path, steps: int = 12, eval_every: int = 2, threads: int | None = None) -> dict:
+def run(root: Path, steps: int = 8, eval_every: int = 2, threads: int | None = None) -> dict:
     """Task, reward model, PPO; returns {"rm": rm summary, "ppo": ppo summary, "curve": [...],
     "max_kl": bound, "seconds": wall time}."""
     import torch
@@ -131,7 +131,7 @@ def run(root: Path, steps: int = 12, eval_every: int = 2, threads: int | None = 
     rm = train_rm(root, task["prefs"])
     cfg = PPOConfig(policy="default", reward_model=str(root / "rm"), prompts=task["train"],
                     eval_prompts=task["eval"], out=str(root / "ppo"), max_new_tokens=24, steps=steps,
-                    batch_size=8, num_minibatches=2, ppo_epochs=2, learning_rate=2e-5, lr_scheduler="constant",
+                    batch_size=8, num_minibatches=2, ppo_epochs=2, learning_rate=1e-5, lr_scheduler="constant",
                     kl_coef=0.05, max_kl=10.0, eval_every=eval_every, checkpoint_every=0, sample_every=0)
     ppo = train_ppo(cfg, progress=False)
     return {"rm": rm, "ppo": ppo, "curve": curve(root / "ppo"), "max_kl": cfg.max_kl,
@@ -149,7 +149,7 @@ def markdown(result: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="runs/ppo_learns", help="work folder (task, reward model, PPO run)")
-    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--eval-every", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     args = parser.parse_args()
