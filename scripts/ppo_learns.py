@@ -7,7 +7,7 @@ be counted: a polite closing line ("Hope this helps!").
 
 1. Task. Simple questions, each after one example exchange whose answer ends with "Hope this
    helps!" (without the example the 135M model never closes politely: 0 of 12 samples; with
-   it, about a quarter of its answers do, which gives PPO something to reinforce).
+   it, 1 to 3 answers in 12 do, which gives PPO something to reinforce).
 2. Reward model. `cai.reward.train_reward` on pairs of short answers to the training questions:
    chosen ends with the closing line, rejected is the same answer without it or with a plain
    ending. Held-out questions are never seen by the reward model or PPO.
