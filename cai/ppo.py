@@ -10,7 +10,7 @@ a value model (trained, initialized from the reward model). One PPO step:
                   end of each response
     3. penalize   responses cut off at the token budget get a fixed penalty instead (EOS trick);
                   r_t = -beta * (log pi - log pi_ref) at every token, + the score at the last
-    4. advantages rewards scaled (whitened without mean shift); GAE (gamma 1, lambda 0.95);
+    4. advantages rewards divided by their std (never shifted); GAE (gamma 1, lambda 0.95);
                   advantages whitened
     5. update     ppo_epochs passes over shuffled minibatches: clipped policy loss, clipped
                   value loss
@@ -43,6 +43,7 @@ from cai.data import PromptRecord, Reject, read_prompts
 from cai.engine.base import Conversation, Engine, Sampling
 from cai.errors import CaiError, ConfigError, InputError, ResumeError
 from cai.ppo_math import (
+    REWARD_SCALINGS,
     AdaptiveKLController,
     FixedKLController,
     gae,
@@ -52,15 +53,19 @@ from cai.ppo_math import (
     penalize_missing_eos,
     per_token_rewards,
     policy_loss,
+    scale_rewards,
     value_loss,
 )
+from cai.ppo_models import load_policy, load_value_model, restore_dropout, save_value_model
 from cai.progress import make_progress
 from cai.rollout import (
     RolloutBatch,
     call_with_timeout,
+    check_reload,
     compare_logprobs,
     engine_logprob_temperature,
     mean_entropy,
+    probe_rows,
     prompt_ids,
     response_logprobs,
     response_values,
@@ -190,8 +195,10 @@ class PPOConfig:
     """Policy ratio clipping epsilon."""
     cliprange_value: float = 0.2
     """Value clipping: how far a new value may move from the rollout's value."""
-    whiten_rewards: bool = True
-    """Scale the per-token rewards to unit variance per batch, without shifting the mean."""
+    reward_scaling: Literal["std", "none"] = "std"
+    """std: divide the per-token rewards by their standard deviation over the batch, without
+    shifting them (a shift is a per-token bonus, i.e. a length bias; see
+    cai.ppo_math.scale_rewards). none: use them as they are."""
     reward_batch_size: int = 16
     """Responses per reward-model forward pass."""
 
@@ -279,6 +286,10 @@ class PPOConfig:
             raise ConfigError(f"max_prompt_tokens + max_new_tokens = {self.max_prompt_tokens + self.max_new_tokens} "
                               f"exceeds rollout_engine.max_model_len = {self.rollout_engine.max_model_len}",
                               fix="lower max_prompt_tokens, or raise rollout_engine.max_model_len")
+        if self.reward_scaling not in REWARD_SCALINGS:
+            raise ConfigError(f"reward_scaling must be one of {', '.join(REWARD_SCALINGS)}, "
+                              f"got {self.reward_scaling!r}",
+                              fix="std divides the rewards by their std (the default); none leaves them")
         if self.batch_size * self.ppo_epochs < 2:
             raise ConfigError("a PPO step needs at least 2 responses (whitening needs a variance)")
 
@@ -322,67 +333,6 @@ def load_prompts(path: str, cfg: PPOConfig, tokenizer) -> tuple[list[PromptRecor
         raise InputError(f"{path} has no usable prompt ({len(rejects)} rejected)",
                          fix="see rejects.jsonl in the output folder for the reasons")
     return keep, rejects, longest
-
-
-def _no_dropout_config(path: str, loader) -> Any:
-    """The model's config with every dropout probability set to 0: PPO's ratio must compare the
-    same function at rollout and update time (N+ detail). The models also stay in eval mode."""
-    config = loader.from_pretrained(path)
-    for name, value in list(vars(config).items()):
-        if "dropout" in name and isinstance(value, float):
-            setattr(config, name, 0.0)
-    return config
-
-
-def restore_dropout(model, path: str) -> None:
-    """Put the dropout probabilities of the model's source config back before saving: they were
-    zeroed for training only, and whoever fine-tunes the result next expects the original."""
-    from transformers import AutoConfig
-
-    for name, value in vars(AutoConfig.from_pretrained(path)).items():
-        if "dropout" in name and isinstance(value, float):
-            setattr(model.config, name, value)
-
-
-def load_policy(path: str, device: torch.device):
-    """(policy, frozen reference copy, tokenizer)."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token  # padding is masked everywhere; any id works
-    policy = AutoModelForCausalLM.from_pretrained(path, config=_no_dropout_config(path, AutoConfig),
-                                                  dtype=torch.float32).to(device).eval()
-    ref = copy.deepcopy(policy).eval().requires_grad_(False)
-    return policy, ref, tokenizer
-
-
-def load_value_model(cfg: PPOConfig, policy_path: str, tokenizer, device: torch.device):
-    """The value model: the reward model's weights (method.md §4), read per token; under
-    reward: judge, the policy's backbone with a zero value head (values start at 0)."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
-
-    from cai.reward import _quiet_transformers
-
-    if cfg.reward == "rm":
-        path = str(cfg.reward_model)
-        rm_vocab = AutoTokenizer.from_pretrained(path).get_vocab()
-        if rm_vocab != tokenizer.get_vocab():
-            raise ConfigError(f"the reward model {path} has a different tokenizer from the policy {policy_path}",
-                              fix="train the reward model from the policy (or the model the policy came from)")
-        value = AutoModelForSequenceClassification.from_pretrained(
-            path, config=_no_dropout_config(path, AutoConfig), dtype=torch.float32)
-    else:
-        config = _no_dropout_config(policy_path, AutoConfig)
-        config.num_labels = 1
-        with _quiet_transformers():  # the new head is expected; no load report for it
-            value = AutoModelForSequenceClassification.from_pretrained(policy_path, config=config,
-                                                                       dtype=torch.float32)
-        torch.nn.init.zeros_(value.score.weight)
-    if getattr(value, "score", None) is None or value.score.out_features != 1:
-        raise ConfigError(f"{type(value).__name__} has no one-output `score` head to read values from",
-                          fix="use a decoder model loaded with AutoModelForSequenceClassification")
-    return value.to(device).eval()
 
 
 Scorer = Callable[[list[Conversation], list[str], int], list[float]]
@@ -454,6 +404,21 @@ def sync_weights(engine: Engine, policy, timeout_s: float) -> float:
     return time.perf_counter() - t0
 
 
+@torch.no_grad()
+def verify_reload(cfg: PPOConfig, engine: Engine, exp: Experience, policy, device: torch.device) -> dict[str, float]:
+    """Check that the reload took (cai.rollout.check_reload), on this step's first rollouts."""
+    rows = probe_rows(exp.batch)
+    probe = exp.batch.select(rows)
+    new_lp = []
+    for sub in chunks(len(rows), cfg.local_minibatch_size):
+        with autocast(device, cfg.precision):
+            new_lp.append(response_logprobs(policy, probe.select(sub), 1.0)[0])
+    check = check_reload(engine, probe, exp.check_logprobs[torch.tensor(rows, device=device)], torch.cat(new_lp),
+                         cfg.engine_timeout_s)
+    return {k: v for k, v in (("engine/reload_agreement", check.agreement), ("engine/reload_stderr", check.stderr))
+            if math.isfinite(v)}
+
+
 # ---------------------------------------------------------------------------------------------
 # 1-4: rollout, score, penalize, advantages
 # ---------------------------------------------------------------------------------------------
@@ -477,6 +442,9 @@ class Experience:
     entropy: float
     """Mean per-token entropy of the sampling distribution."""
     engine_check: dict[str, float]
+    check_logprobs: torch.Tensor | None = None
+    """[B, R] engines with their own weights: the trainer's raw (T = 1) log-probs before the
+    update, which the reload check after it compares with (cai.rollout.check_reload)."""
     rewards: torch.Tensor | None = None
     kl: torch.Tensor | None = None
     advantages: torch.Tensor | None = None
@@ -529,7 +497,8 @@ def rollout(cfg: PPOConfig, records_: Sequence[PromptRecord], seeds: Sequence[in
     timings["time/scoring"] = time.perf_counter() - t0
     return Experience(batch=batch, logprobs=torch.cat(logprobs), ref_logprobs=torch.cat(ref_logprobs),
                       values=torch.cat(values), raw_scores=raw_scores, scores=scores,
-                      entropy=entropy_sum / max(float(batch.response_mask.sum()), 1.0), engine_check=engine_check)
+                      entropy=entropy_sum / max(float(batch.response_mask.sum()), 1.0), engine_check=engine_check,
+                      check_logprobs=torch.cat(check_lps) if check else None)
 
 
 @torch.no_grad()
@@ -538,8 +507,8 @@ def compute_advantages(exp: Experience, cfg: PPOConfig, kl_coef: float) -> None:
     mask = exp.batch.response_mask
     r = per_token_rewards(exp.logprobs, exp.ref_logprobs, exp.scores, mask, kl_coef)
     exp.kl = r.kl
-    # Reward scaling: unit variance, mean kept (the sign of a reward still means good or bad).
-    exp.rewards = masked_whiten(r.rewards, mask, shift_mean=False) if cfg.whiten_rewards else r.rewards
+    # Reward scaling: divided by the std, never shifted (a shift would reward length).
+    exp.rewards = scale_rewards(r.rewards, mask, cfg.reward_scaling)
     advantages, exp.returns = gae(exp.rewards, exp.values, mask, cfg.gamma, cfg.lam)
     exp.advantages = masked_whiten(advantages, mask)
 
@@ -605,11 +574,12 @@ def ppo_update(exp: Experience, cfg: PPOConfig, step: int, policy, value_model, 
 
 @torch.no_grad()
 def evaluate(cfg: PPOConfig, prompts: Sequence[PromptRecord], engine: Engine, tokenizer, policy, ref,
-             scorer: Scorer, device: torch.device) -> dict[str, float]:
+             scorer: Scorer, device: torch.device, step: int) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Mean reward (after the EOS trick), raw score, KL and length on the held-out prompts, with
-    the same per-prompt seeds every time, so two evaluations differ only by the policy."""
+    the same per-prompt seeds every time, so two evaluations differ only by the policy; and one
+    row per response (for eval_samples.jsonl)."""
     sampling = Sampling(max_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=1.0, seed=None)
-    scores, raw_scores, kls, lengths, ended = [], [], [], [], []
+    scores, raw_scores, kls, lengths, ended, samples = [], [], [], [], [], []
     for rows in chunks(len(prompts), cfg.batch_size):
         recs = [prompts[i] for i in rows]
         seeds = [provenance.derive_seed(cfg.seed, "eval", r.id) for r in recs]
@@ -630,9 +600,14 @@ def evaluate(cfg: PPOConfig, prompts: Sequence[PromptRecord], engine: Engine, to
         kls.append(kl.cpu())
         lengths.append(batch.response_mask.sum(-1).float().cpu())
         ended.append(eos.float())
-    return {"eval/reward": float(torch.cat(scores).mean()), "eval/score": float(torch.cat(raw_scores).mean()),
-            "eval/kl": float(torch.cat(kls).mean()), "eval/response_length": float(torch.cat(lengths).mean()),
-            "eval/eos_frac": float(torch.cat(ended).mean())}
+        for i, (r, c) in enumerate(zip(recs, batch.completions, strict=True)):
+            samples.append({"id": f"eval-{step}-{r.id}", "step": step, "prompt_id": r.id, "response": c.text,
+                            "finish_reason": c.finish_reason, "score": round(float(raw[i]), 4),
+                            "kl": round(float(kl[i]), 4)})
+    metrics = {"eval/reward": float(torch.cat(scores).mean()), "eval/score": float(torch.cat(raw_scores).mean()),
+               "eval/kl": float(torch.cat(kls).mean()), "eval/response_length": float(torch.cat(lengths).mean()),
+               "eval/eos_frac": float(torch.cat(ended).mean())}
+    return metrics, samples
 
 
 # ---------------------------------------------------------------------------------------------
@@ -729,7 +704,8 @@ def train_ppo(cfg: PPOConfig, *, force: bool = False, progress: bool = True, rol
     policy_path = models.resolve(cfg.policy)
     policy, ref, tokenizer = load_policy(policy_path, device)
     generation_config = copy.deepcopy(policy.generation_config)  # saved unchanged with the result
-    value_model = load_value_model(cfg, policy_path, tokenizer, device)
+    value_model = load_value_model(cfg.reward_model if cfg.reward == "rm" else None, policy_path, tokenizer,
+                                   device)
     prompts, rejects, longest = load_prompts(cfg.prompts, cfg, tokenizer)
     eval_prompts, eval_rejects, eval_longest = (load_prompts(cfg.eval_prompts, cfg, tokenizer) if cfg.eval_prompts
                                                 else ([], [], 0))
@@ -758,7 +734,7 @@ def train_ppo(cfg: PPOConfig, *, force: bool = False, progress: bool = True, rol
 
     step, saved_at, updating = start, start, False
     metrics: dict[str, float] = {}
-    owned_engine = owned_judge = log = samples = None
+    owned_engine = owned_judge = log = samples = eval_samples = None
 
     def checkpoint(at: int) -> None:
         nonlocal saved_at
@@ -768,8 +744,9 @@ def train_ppo(cfg: PPOConfig, *, force: bool = False, progress: bool = True, rol
         saved_at = at
 
     def run_eval(at: int) -> dict[str, float]:
-        result = evaluate(cfg, eval_prompts, rollout_engine, tokenizer, policy, ref, scorer, device)
+        result, rows = evaluate(cfg, eval_prompts, rollout_engine, tokenizer, policy, ref, scorer, device, at)
         log.log(at, result)
+        eval_samples.extend([r for r in rows if r["id"] not in eval_samples])
         return result
 
     try:
@@ -784,6 +761,7 @@ def train_ppo(cfg: PPOConfig, *, force: bool = False, progress: bool = True, rol
             sync_weights(rollout_engine, policy, cfg.engine_timeout_s)
         log = MetricsLog(out, start)
         samples = records.JsonlStore(out / "samples.jsonl")
+        eval_samples = records.JsonlStore(out / "eval_samples.jsonl")
         if resume_rng is not None:
             set_rng_state(resume_rng)  # after the engines: starting vLLM reseeds the global RNGs
 
@@ -847,6 +825,7 @@ def train_ppo(cfg: PPOConfig, *, force: bool = False, progress: bool = True, rol
                         "Read samples.jsonl", LengthDriftWarning, stacklevel=2)
                 if holds_own_weights(rollout_engine):
                     timings["time/weight_sync"] = sync_weights(rollout_engine, policy, cfg.engine_timeout_s)
+                    exp.engine_check.update(verify_reload(cfg, rollout_engine, exp, policy, device))
                 metrics = {
                     "objective/reward": float(exp.scores.mean()),
                     "objective/score": float(exp.raw_scores.mean()),
@@ -887,17 +866,17 @@ def train_ppo(cfg: PPOConfig, *, force: bool = False, progress: bool = True, rol
             checkpoint(step)
         raise
     finally:
-        for resource in (log, samples, owned_engine, owned_judge):
+        for resource in (log, samples, eval_samples, owned_engine, owned_judge):
             if resource is not None:
                 resource.close()
 
     # --- The result: a plain Hugging Face folder (and the value model beside it) ---
     policy.generation_config = generation_config
     restore_dropout(policy, policy_path)
-    restore_dropout(value_model, cfg.reward_model or policy_path)
     policy.to("cpu").save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
-    value_model.to("cpu").save_pretrained(out / "value", safe_serialization=True)
+    save_value_model(value_model, tokenizer, out / "value", cfg.rollout_engine.max_model_len,
+                     cfg.reward_model or policy_path)
     summary = {
         "stage": "ppo", "policy": cfg.policy, "reward": cfg.reward, "reward_model": cfg.reward_model,
         "prompts": len(prompts), "rejected": len(rejects) + len(eval_rejects), "steps": step,

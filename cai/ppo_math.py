@@ -7,7 +7,8 @@ ones followed by zeros (a response never has holes). Every function leaves padde
 
 Sources: Ziegler et al. 2019 (arXiv 1909.08593, the adaptive KL controller); Schulman et al.
 2016 (arXiv 1506.02438, GAE); Huang et al., "The N+ Implementation Details of RLHF with PPO"
-(arXiv 2403.17031) for the whitening, the EOS trick and the clipped value loss. See
+(arXiv 2403.17031) for the whitening, the EOS trick and the clipped value loss (and
+`scale_rewards` for where cai departs from their reward whitening, and why). See
 docs/method.md §4 and docs/ppo.md.
 """
 
@@ -46,15 +47,36 @@ def masked_var(x: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> to
     return var
 
 
-def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True,
-                  eps: float = 1e-8) -> torch.Tensor:
-    """(x - mean) / std over the masked positions. With shift_mean=False the mean is added back:
-    only the scale changes (reward scaling keeps the sign of the rewards, N+ detail)."""
+def masked_whiten(x: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """(x - mean) / std over the masked positions (advantage whitening)."""
     mean, var = masked_mean(x, mask), masked_var(x, mask)
-    whitened = (x - mean) * torch.rsqrt(var + eps)
-    if not shift_mean:
-        whitened = whitened + mean
-    return whitened * mask.to(x.dtype)
+    return (x - mean) * torch.rsqrt(var + eps) * mask.to(x.dtype)
+
+
+REWARD_SCALINGS = ("std", "none")
+"""The choices of `scale_rewards` (and of PPOConfig.reward_scaling)."""
+
+
+def scale_rewards(rewards: torch.Tensor, mask: torch.Tensor, how: str = "std", eps: float = 1e-8) -> torch.Tensor:
+    """Reward scaling before GAE: "std" divides every per-token reward by their standard
+    deviation over the batch's response tokens, without shifting them; "none" keeps them.
+
+    Why no shift. OpenAI's lm-human-preferences (train_policy.py) and the N+ code
+    (summarize_from_feedback_details) call `whiten(rewards, shift_mean=False)`, which computes
+    (x - mean) / std + mean: it adds mean * (1 - 1/std) to *every* token's reward. There every
+    response has the same length (a fixed response_length, whitened without a mask), so that is
+    one constant added to every response's return and changes nothing. cai's responses end at
+    EOS with different lengths, and a per-token constant then becomes a bonus (or penalty)
+    proportional to length: with gamma = 1 four responses scored 0.8 returned 2.29 at 4 tokens
+    and -0.69 at 16. (TRL's PPOTrainer applies the same formula under a padding mask and so
+    has the same defect.) Full whitening, (x - mean) / std, shifts every token too. So cai only
+    divides by the std: every response's return is its unscaled return times one positive
+    factor, which keeps the order of the responses and the sign of every reward."""
+    if how == "none":
+        return rewards * mask.to(rewards.dtype)
+    if how != "std":
+        raise ValueError(f"reward scaling {how!r} is not one of {REWARD_SCALINGS}")
+    return rewards * torch.rsqrt(masked_var(rewards, mask) + eps) * mask.to(rewards.dtype)
 
 
 # ---------------------------------------------------------------------------------------------

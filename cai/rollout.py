@@ -271,3 +271,101 @@ def compare_logprobs(batch: RolloutBatch, trainer_logprobs: torch.Tensor, tolera
                 "engine_logprob_tolerance, or set rollout_engine.dtype: float32",
         )
     return check
+
+
+# ---------------------------------------------------------------------------------------------
+# After a weight reload: does the engine run the new weights, or still the previous ones?
+# ---------------------------------------------------------------------------------------------
+#
+# `compare_logprobs` bounds the engine-trainer gap, but a bf16 engine differs from the fp32
+# trainer by about 0.07 nats per token while one update at the default learning rate moves the
+# policy by about 0.05: no tolerance separates "new weights plus bf16 noise" from "previous
+# weights plus bf16 noise". What separates them is the *direction* of the change. On a fixed
+# probe (the previous rollout's sequences) the trainer knows its log-probs before the update (P)
+# and after it (N); the engine reports its own (E). Regress the engine's change E - P on the
+# trainer's change N - P: the slope is about 1 when the engine holds the new weights and about
+# 0 when it kept the previous ones, whatever the engine's dtype noise, which does not follow the
+# update's direction. Its standard error says whether the probe was big enough to tell.
+
+RELOAD_MIN_AGREEMENT = 0.5
+"""Below this slope the engine is judged to run the previous weights (new: ~1, previous: ~0)."""
+RELOAD_MAX_STDERR = 0.2
+"""Above this standard error the probe cannot tell 0 from 1 (the update moved the log-probs less
+than the engine's numerical noise) and the check abstains."""
+RELOAD_PROBE_TOKENS = 512
+"""Response tokens in the probe (the first rollouts of the batch until this many)."""
+
+
+@dataclass(frozen=True)
+class ReloadCheck:
+    agreement: float
+    """Slope of the engine's log-prob change on the trainer's: ~1 new weights, ~0 previous."""
+    stderr: float
+    """Standard error of the slope (inf when the update changed nothing)."""
+    drift: float
+    """RMS change of the trainer's log-probs made by the update, nats per token."""
+    tokens: int
+
+    @property
+    def conclusive(self) -> bool:
+        return self.stderr <= RELOAD_MAX_STDERR
+
+
+def reload_agreement(engine_lp: torch.Tensor, previous_lp: torch.Tensor, new_lp: torch.Tensor,
+                     mask: torch.Tensor) -> ReloadCheck:
+    """Least-squares slope (through 0) of E - P on N - P over the masked tokens, and its error."""
+    m = mask.bool()
+    change = (new_lp - previous_lp).double()[m]
+    engine_change = (engine_lp - previous_lp).double()[m]
+    n = int(change.numel())
+    power = float((change * change).sum())
+    if n < 2 or power == 0.0:
+        return ReloadCheck(float("nan"), float("inf"), 0.0, n)
+    slope = float((engine_change * change).sum()) / power
+    residual = engine_change - slope * change
+    stderr = float((residual * residual).sum() / (n - 1)) ** 0.5 / power ** 0.5
+    return ReloadCheck(slope, stderr, (power / n) ** 0.5, n)
+
+
+def probe_rows(batch: RolloutBatch, max_tokens: int = RELOAD_PROBE_TOKENS) -> list[int]:
+    """The first rows of the batch whose responses hold at least max_tokens tokens (or all)."""
+    rows, total = [], 0
+    for i, n in enumerate(batch.response_mask.sum(-1).tolist()):
+        if total >= max_tokens:
+            break
+        rows.append(i)
+        total += int(n)
+    return rows
+
+
+def engine_probe_logprobs(engine: Engine, batch: RolloutBatch, timeout_s: float) -> torch.Tensor:
+    """[B, R] the engine's teacher-forced log-probs of the batch's response tokens (raw, T = 1)."""
+    seqs, starts = [], []
+    for i in range(batch.input_ids.shape[0]):
+        ids = batch.input_ids[i][batch.attention_mask[i].bool()].tolist()
+        seqs.append(ids)
+        starts.append(len(ids) - int(batch.response_mask[i].sum()))
+    got = call_with_timeout(lambda: engine.probe_logprobs(seqs, starts), timeout_s,
+                            f"scoring the {len(seqs)} reload-probe sequences")
+    out = torch.zeros(batch.response_mask.shape, dtype=torch.float32)
+    for i, lps in enumerate(got):
+        out[i, :len(lps)] = torch.tensor(lps, dtype=torch.float32)
+    return out
+
+
+def check_reload(engine: Engine, batch: RolloutBatch, previous_lp: torch.Tensor, new_lp: torch.Tensor,
+                 timeout_s: float) -> ReloadCheck:
+    """After `engine.load_weights`: raise an EngineError when the engine still runs the previous
+    weights. `batch` is the probe; `previous_lp` and `new_lp` are the trainer's raw (T = 1)
+    log-probs of its responses before and after the update."""
+    engine_lp = engine_probe_logprobs(engine, batch, timeout_s)
+    mask = batch.response_mask.cpu()
+    check = reload_agreement(engine_lp, previous_lp.float().cpu(), new_lp.float().cpu(), mask)
+    if check.conclusive and not check.agreement >= RELOAD_MIN_AGREEMENT:
+        raise EngineError(
+            f"the weight reload did not take: on {check.tokens} probe tokens the engine's log-probs moved "
+            f"{check.agreement:.2f} (+- {check.stderr:.2f}) times as far as the update moved the trainer's "
+            f"({check.drift:.3g} nats per token RMS); 1 means the engine runs the new weights, 0 the previous ones",
+            fix="restart the run (it resumes from the last checkpoint); if it happens again, the engine's "
+                "reload_weights does not reach the weights its kernels use (check the vLLM version)")
+    return check

@@ -124,6 +124,31 @@ def test_logprobs_and_values_under_padding_equal_unpadded_rows(tiny):
             torch.testing.assert_close(values[i, :len(r)], want_v, atol=1e-5, rtol=1e-5)
 
 
+def test_value_model_starts_at_the_reward_models_normalized_score(tiny, tmp_path):
+    """The value targets are built from normalized scores (gain * raw + bias), so the value
+    model, initialized from the reward model, must start in those units: its head folds in the
+    gain and bias of cai_reward.json, and the value read at a sequence's last token is the
+    reward model's score, not its raw output."""
+    from transformers import AutoTokenizer
+
+    from cai.ppo_models import load_value_model
+    from cai.reward import RewardModel
+
+    source = RewardModel.load(tiny["rm"])
+    RewardModel(source.model, source.tokenizer, gain=2.5, bias=-0.7, max_length=256).save(tmp_path / "rm")
+    rm = RewardModel.load(tmp_path / "rm")
+    value = load_value_model(str(tmp_path / "rm"), tiny["policy"], AutoTokenizer.from_pretrained(tiny["policy"]),
+                             torch.device("cpu"))
+    prompts = ["Name a colour.", "What is 2 + 2?", "Say hello."]
+    responses = ["Blue.", "Four, of course.", "Hello there, nice to meet you!"]
+    want, raw = rm.score(prompts, responses), rm.score_raw(prompts, responses)
+    with torch.no_grad():
+        for p, r, w in zip(prompts, responses, want, strict=True):
+            hidden = value.model(input_ids=torch.tensor([rm.encode(p, r)])).last_hidden_state
+            assert value.score(hidden[0, -1]).item() == pytest.approx(w, abs=1e-5)
+    assert all(abs(w - r) > 0.1 for w, r in zip(want, raw, strict=True))  # the raw score would be wrong
+
+
 def test_compare_logprobs_accepts_agreement_and_fails_loudly_beyond_tolerance():
     b = layout([[5], [6]], [completion([1, 2], lps=[-1.0, -2.0]), completion([3], lps=[-0.5])], pad_id=0)
     close = torch.tensor([[-1.0005, -2.0], [-0.5, 0.0]])
@@ -135,6 +160,96 @@ def test_compare_logprobs_accepts_agreement_and_fails_loudly_beyond_tolerance():
     missing = layout([[5]], [completion([1])], pad_id=0)
     with pytest.raises(EngineError, match="no log-probs"):
         compare_logprobs(missing, torch.zeros(1, 1), 1.0)
+
+
+def test_reload_agreement_tells_new_weights_from_previous_under_bf16_noise():
+    """The numbers the check must separate (issue 10): a bf16 engine is ~0.07 nats per token
+    off the fp32 trainer, one update at the default learning rate moves ~0.05. A tolerance on
+    |engine - trainer| cannot tell the two apart; the slope of the engine's change on the
+    trainer's can."""
+    from cai.rollout import RELOAD_MIN_AGREEMENT, reload_agreement
+
+    gen = torch.Generator().manual_seed(0)
+    shape = (16, 32)
+    mask = torch.ones(shape)
+    mask[::2, 20:] = 0  # ragged responses
+    previous = -torch.rand(shape, generator=gen) * 4
+    new = previous + torch.randn(shape, generator=gen) * 0.06  # one update
+    noise = torch.randn(shape, generator=gen) * 0.09  # bf16 against fp32 (mean |.| ~ 0.07)
+    fresh = reload_agreement(new + noise, previous, new, mask)
+    stale = reload_agreement(previous + noise, previous, new, mask)
+    assert fresh.conclusive and stale.conclusive and fresh.tokens == int(mask.sum())
+    assert abs(fresh.agreement - 1) < 3 * fresh.stderr and abs(stale.agreement) < 3 * stale.stderr
+    assert fresh.agreement > RELOAD_MIN_AGREEMENT > stale.agreement
+    # ... while the mean |engine - trainer| is about the same either way: no tolerance separates them.
+    m = mask.bool()
+    assert abs(float((new + noise - new).abs()[m].mean()) - float((previous + noise - new).abs()[m].mean())) < 0.03
+    # An update that changed nothing cannot be checked: the check abstains instead of guessing.
+    assert not reload_agreement(previous + noise, previous, previous, mask).conclusive
+
+
+class OwnWeightsEngine(Engine):
+    """Like vLLM, an engine with its own copy of the policy: rollouts sample from the copy,
+    `load_weights` replaces it (or, when `broken`, silently keeps the previous weights) and
+    `probe_logprobs` scores with it."""
+
+    model_name = "own weights"
+
+    def __init__(self, policy_path: str, broken: bool = False):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from cai.engine.hf import HFEngine
+
+        self.model = AutoModelForCausalLM.from_pretrained(policy_path).eval()
+        self.model.generation_config.repetition_penalty = 1.0
+        self.hf = HFEngine.from_model(self.model, AutoTokenizer.from_pretrained(policy_path))
+        self.broken, self.loads = broken, 0
+
+    def generate(self, prompts, sampling: Sampling, seeds=None):
+        return self.hf.generate(prompts, sampling, seeds)
+
+    def load_weights(self, named_tensors) -> None:
+        self.loads += 1
+        if not self.broken:
+            self.model.load_state_dict(dict(named_tensors))
+
+    @torch.no_grad()
+    def probe_logprobs(self, sequences, starts):
+        out = []
+        for seq, start in zip(sequences, starts, strict=True):
+            logits = self.model(input_ids=torch.tensor([seq])).logits[0, start - 1:-1].float()
+            wanted = torch.tensor(seq[start:])[:, None]
+            out.append(torch.log_softmax(logits, -1).gather(-1, wanted).squeeze(-1).tolist())
+        return out
+
+    def option_logprobs(self, prompts, options):
+        raise NotImplementedError
+
+    def render(self, conversation, add_generation_prompt=True):
+        return self.hf.render(conversation, add_generation_prompt)
+
+    def count_tokens(self, texts):
+        return self.hf.count_tokens(texts)
+
+    @property
+    def max_model_len(self):
+        return 2048
+
+
+@pytest.mark.parametrize("broken", [False, True])
+def test_a_reload_that_did_not_take_stops_the_run(tiny, tmp_path, broken):
+    """The loop checks every reload: a working one logs an agreement of ~1; one that leaves the
+    previous weights in the engine stops the run right after it, before any rollout from them."""
+    engine = OwnWeightsEngine(tiny["policy"], broken=broken)
+    cfg = tiny_config(tiny, tmp_path, temperature=1.0, steps=2, checkpoint_every=0)  # raw log-probs, as vLLM's
+    if broken:
+        with pytest.raises(EngineError, match=r"the weight reload did not take: .* moved -?0\.0\d \(\+- "):
+            train_ppo(cfg, progress=False, rollout_engine=engine)
+        assert engine.loads == 2  # the sync at the start, then the first update's
+        return
+    train_ppo(cfg, progress=False, rollout_engine=engine)
+    rows = metric_rows(tmp_path / "out")
+    assert all(r["engine/reload_agreement"] == pytest.approx(1.0, abs=1e-3) for r in rows), rows
 
 
 def test_call_with_timeout_returns_reraises_and_never_hangs():
@@ -274,6 +389,9 @@ def test_cli_run_writes_model_metrics_samples_tensorboard_and_config(tiny, tmp_p
     assert [s["id"] for s in samples] == ["step-1-0", "step-1-1", "step-2-0", "step-2-1"]
     assert list((out / "tb").glob("events.out.tfevents.*"))
     assert (out / "model.safetensors").exists() and (out / "value" / "model.safetensors").exists()
+    from cai.reward import RewardModel
+
+    assert RewardModel.load(out / "value").bias != 0.0  # the value head's bias, kept beside the weights
     assert not (out / "checkpoints").exists()  # deleted once the policy is saved
     done = json.loads((out / "train_done.json").read_text())
     assert done["steps"] == 2 and done["eval_reward_start"] is not None
@@ -392,66 +510,28 @@ def test_judge_reward_is_direct_rlaif(tiny, tmp_path):
 
 # --- the default model ---------------------------------------------------------------------------
 
-# A learnable synthetic preference: brevity. Short-answer questions under a system prompt that
-# asks for few words; the reward model learns that the short answer beats the same answer with
-# rambling after it. The policy (SmolLM2-135M) ends within 16 tokens about half the time at the
-# start, so it can move toward ending early quickly.
-SYSTEM = "Answer in as few words as possible."
-QA = [("What color is the sky?", "Blue"), ("What is 2 + 2?", "Four"), ("Name a fruit.", "An apple"),
-      ("What is the capital of France?", "Paris"), ("Is ice cold?", "Yes"), ("How many legs does a dog have?", "Four"),
-      ("What is the opposite of hot?", "Cold"), ("Say hello.", "Hello"), ("What day comes after Monday?", "Tuesday"),
-      ("Which animal says moo?", "A cow"), ("What is ice made of?", "Water"), ("Name a primary color.", "Red"),
-      ("What is the largest planet?", "Jupiter"), ("How many days are in a week?", "Seven"),
-      ("What do bees make?", "Honey"), ("Spell cat.", "C-A-T"), ("Which season is the coldest?", "Winter"),
-      ("What is the color of grass?", "Green"), ("How many hours in a day?", "24"), ("What shape is a ball?", "Round"),
-      ("Name a bird.", "A robin"), ("What do cows drink?", "Water"), ("What is the sun?", "A star"),
-      ("What is frozen rain called?", "Snow")]
-FILLER = ["This is a question many people ask, and the full answer depends on several factors worth discussing.",
-          "Let me explain in some detail, because there is a long history behind this and plenty of nuance.",
-          "There are many perspectives here, and scientists have debated the details for a very long time.",
-          "To understand it properly we should first consider the background and the context around it.",
-          "In addition, it is worth mentioning a few related facts that people often find quite surprising.",
-          "I hope this long explanation helps you understand the topic better than a short reply would."]
-
-
-def conversation(question: str) -> list[dict[str, str]]:
-    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}]
-
-
-@pytest.fixture(scope="module")
-def brevity(tmp_path_factory) -> dict[str, str]:
-    """Prompt files (16 train, 8 held out) and a reward model trained with cai rm's Python API."""
-    from cai.reward import RMConfig, train_reward
-
-    root = tmp_path_factory.mktemp("brevity")
-    rng = random.Random(0)
-    pairs = [{"id": f"{i}", "prompt": conversation(q), "chosen": f"{a}.",
-              "rejected": f"{a}. " + " ".join(rng.sample(FILLER, 2))} for i, (q, a) in enumerate(QA[:16])]
-    write_jsonl(root / "prefs.jsonl", pairs)
-    write_jsonl(root / "train.jsonl", [{"id": f"t{i}", "prompt": conversation(q)} for i, (q, _) in enumerate(QA[:16])])
-    write_jsonl(root / "eval.jsonl", [{"id": f"e{i}", "prompt": conversation(q)} for i, (q, _) in enumerate(QA[16:])])
-    summary = train_reward(RMConfig(prefs=str(root / "prefs.jsonl"), base="default", out=str(root / "rm"),
-                                    max_steps=2, batch_size=8, learning_rate=5e-5, warmup_ratio=0.0,
-                                    max_length=128, checkpoint_every=0, log_every=1, norm_max_responses=16),
-                           progress=False)
-    assert summary["train_accuracy"] == 1.0
-    return {"rm": str(root / "rm"), "train": str(root / "train.jsonl"), "eval": str(root / "eval.jsonl")}
+# A learnable synthetic preference whose property can be counted: a polite closing line. The task,
+# the reward model (trained with cai's rm API) and the PPO run are scripts/ppo_learns.py's, which
+# also prints the curve recorded in docs/ppo.md.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+from ppo_learns import QA, conversation  # noqa: E402
+from ppo_learns import run as run_learning_task  # noqa: E402
 
 
 @pytest.mark.engine
-def test_ppo_raises_held_out_reward_with_bounded_kl(brevity, tmp_path):
-    cfg = PPOConfig(policy="default", reward_model=brevity["rm"], prompts=brevity["train"],
-                    eval_prompts=brevity["eval"], out=str(tmp_path / "out"), max_new_tokens=16, steps=5,
-                    batch_size=8, num_minibatches=2, ppo_epochs=1, learning_rate=2e-5, lr_scheduler="constant",
-                    kl_coef=0.05, checkpoint_every=0, sample_every=2)
-    s = train_ppo(cfg, progress=False)
-    rows = metric_rows(tmp_path / "out")
-    train = [r for r in rows if "objective/reward" in r]
-    evals = [r for r in rows if "eval/reward" in r]
-    assert s["eval_reward_end"] > s["eval_reward_start"] + 0.3, (evals, train)
-    assert evals[-1]["eval/eos_frac"] > evals[0]["eval/eos_frac"]
-    assert all(0 <= r["objective/kl"] < 10 for r in train) and evals[-1]["eval/kl"] < 10
-    assert all(r["policy/clipfrac"] < 0.5 for r in train)
+def test_ppo_learns_a_counted_property_with_bounded_kl(tmp_path):
+    """The reward model's own score (not the EOS-penalized reward, which can rise just by ending
+    with EOS) and the share of held-out answers with the closing line both rise well above the
+    start, and the KL stays under its bound at every evaluation and every step."""
+    result = run_learning_task(tmp_path, threads=2)
+    assert result["rm"]["train_accuracy"] == 1.0
+    start, end = result["curve"][0], result["curve"][-1]
+    assert start["step"] == 0 and end["step"] == result["ppo"]["steps"]
+    assert end["score"] > start["score"] + 0.5, result["curve"]
+    assert end["closing"] >= start["closing"] + 0.3, result["curve"]
+    assert all(r["kl"] < result["max_kl"] for r in result["curve"]), result["curve"]
+    train = [r for r in metric_rows(tmp_path / "ppo") if "objective/kl" in r]
+    assert len(train) == result["ppo"]["steps"] and all(r["objective/kl"] < result["max_kl"] for r in train)
 
 
 @pytest.mark.engine
@@ -500,3 +580,42 @@ def test_vllm_rollouts_reload_weights_in_place(vllm_engine, default_model_path, 
         lp, _ = response_logprobs(original, batch, 1.0)
     assert compare_logprobs(batch, lp, 1e-3).mean_abs_diff < 1e-3  # restored for the rest of the session
 
+
+
+@pytest.fixture(scope="module")
+def auto_dtype_engine(default_model_path):
+    """A vLLM engine at the rollout engine's default dtype (auto: bfloat16 on a CPU), the case
+    where one update's drift is smaller than the engine's numerical noise. A second engine
+    beside the session's fp32 one, closed with this module."""
+    from cai.config import EngineConfig
+    from cai.engine.vllm import VLLMEngine
+
+    engine = VLLMEngine(default_model_path, EngineConfig(backend="vllm", max_model_len=1024, seed=0),
+                        model_name="default")
+    yield engine
+    engine.close()
+
+
+@pytest.mark.engine
+@pytest.mark.parametrize("broken", [True, False])  # broken first: it leaves the engine's weights as they were
+def test_reload_check_at_the_default_dtype_and_learning_rate(auto_dtype_engine, tiny, tmp_path, monkeypatch, broken):
+    """bf16 vLLM, default learning rate, 16 optimizer steps per update (the default count): a
+    reload that did not take stops the run; one that did passes with an agreement near 1."""
+    from cai.config import EngineConfig
+
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"id": f"r{i}", "prompt": conversation(q)}
+                                                 for i, (q, _) in enumerate(QA[:16])])
+    cfg = PPOConfig(policy="default", reward_model=tiny["rm"], prompts=str(prompts), out=str(tmp_path / "out"),
+                    rollout_engine=EngineConfig(backend="vllm", max_model_len=1024), max_new_tokens=32, steps=1,
+                    batch_size=16, num_minibatches=4, checkpoint_every=0, engine_timeout_s=300)
+    assert (cfg.learning_rate, cfg.ppo_epochs, cfg.logprob_tolerance) == (3e-6, 4, 0.25)  # the defaults
+    if broken:
+        monkeypatch.setattr(auto_dtype_engine, "load_weights", lambda named_tensors: None)
+        with pytest.raises(EngineError, match="the weight reload did not take") as e:
+            train_ppo(cfg, progress=False, rollout_engine=auto_dtype_engine)
+        print(e.value)
+        return
+    train_ppo(cfg, progress=False, rollout_engine=auto_dtype_engine)
+    row = metric_rows(tmp_path / "out")[0]
+    print({k: v for k, v in row.items() if k.startswith("engine/")})
+    assert row["engine/reload_agreement"] > 0.5 and row["engine/reload_stderr"] < 0.2, row

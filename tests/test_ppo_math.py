@@ -59,20 +59,69 @@ def test_masked_mean_and_var_match_plain_loops(rows):
 
 
 @pytest.mark.parametrize("rows", CASES)
-@pytest.mark.parametrize("shift_mean", [True, False])
-def test_masked_whiten_matches_plain_loop(rows, shift_mean):
+def test_masked_whiten_matches_plain_loop(rows):
     x, m = batch(rows, width=7)
-    got = pm.masked_whiten(x, m, shift_mean=shift_mean)
+    got = pm.masked_whiten(x, m)
     mu, sd = ref_mean(flat(rows)), math.sqrt(ref_var(flat(rows)) + 1e-8)
     for i, r in enumerate(rows):
-        want = [(v - mu) / sd + (0 if shift_mean else mu) for v in r]
-        assert got[i, :len(r)].tolist() == pytest.approx(want)
+        assert got[i, :len(r)].tolist() == pytest.approx([(v - mu) / sd for v in r])
         assert got[i, len(r):].abs().sum() == 0  # padding stays 0
-    if shift_mean:
-        assert pm.masked_mean(got, m).item() == pytest.approx(0.0, abs=1e-9)
-        assert pm.masked_var(got, m).item() == pytest.approx(1.0, rel=1e-6)
-    else:  # reward scaling: unit variance, mean kept
-        assert pm.masked_mean(got, m).item() == pytest.approx(mu)
+    assert pm.masked_mean(got, m).item() == pytest.approx(0.0, abs=1e-9)
+    assert pm.masked_var(got, m).item() == pytest.approx(1.0, rel=1e-6)
+
+
+@pytest.mark.parametrize("rows", CASES)
+def test_scale_rewards_divides_by_the_std_without_shifting(rows):
+    x, m = batch(rows, width=7)
+    sd = math.sqrt(ref_var(flat(rows)) + 1e-8)
+    got = pm.scale_rewards(x, m, "std")
+    unscaled = pm.scale_rewards(x, m, "none")
+    for i, r in enumerate(rows):
+        assert got[i, :len(r)].tolist() == pytest.approx([v / sd for v in r])
+        assert unscaled[i, :len(r)].tolist() == pytest.approx(r)
+        assert got[i, len(r):].abs().sum() == 0 and unscaled[i, len(r):].abs().sum() == 0
+    with pytest.raises(ValueError, match="reward scaling 'whiten' is not one of"):
+        pm.scale_rewards(x, m, "whiten")
+
+
+def monte_carlo_returns(rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Each response's return from its first token with gamma = 1 (GAE with lambda = 1 gives it
+    whatever the values are; random values prove that)."""
+    values = torch.randn(rewards.shape, dtype=rewards.dtype, generator=torch.Generator().manual_seed(0))
+    _, returns = pm.gae(rewards, values, mask, gamma=1.0, lam=1.0)
+    return returns[:, 0]
+
+
+def test_equal_scores_at_different_lengths_give_equal_returns():
+    """The issue's case: four responses all scored 0.8, of 4 and 16 tokens, no KL penalty. The
+    old scaling, (x - mean) / std + mean, returned 2.29 and -0.69: a length penalty."""
+    lengths = [4, 4, 16, 16]
+    logprobs, mask = batch([[-1.0] * n for n in lengths], width=20)
+    rewards = pm.per_token_rewards(logprobs, logprobs, torch.full((4,), 0.8, dtype=torch.float64), mask,
+                                   kl_coef=0.0).rewards
+    returns = monte_carlo_returns(pm.scale_rewards(rewards, mask, "std"), mask)
+    assert returns.tolist() == pytest.approx([returns[0].item()] * 4, rel=1e-9)
+    assert returns[0].item() > 0  # a positive score still has a positive return
+
+
+def test_scaled_returns_are_the_unscaled_returns_times_one_factor():
+    """With the KL penalty on and ragged lengths: scaling multiplies every response's return by
+    the same positive factor, so it never reorders responses and never rewards length."""
+    gen = torch.Generator().manual_seed(1)
+    lengths = [2, 5, 9, 16, 3, 12]
+    lp_rows = [(-torch.rand(n, generator=gen, dtype=torch.float64) * 3).tolist() for n in lengths]
+    ref_rows = [(-torch.rand(n, generator=gen, dtype=torch.float64) * 3).tolist() for n in lengths]
+    logprobs, mask = batch(lp_rows, width=18)
+    ref_logprobs, _ = batch(ref_rows, width=18)
+    scores = torch.tensor([0.8, 0.8, 0.8, -0.5, 1.5, -0.5], dtype=torch.float64)
+    rewards = pm.per_token_rewards(logprobs, ref_logprobs, scores, mask, kl_coef=0.1).rewards
+    unscaled = monte_carlo_returns(pm.scale_rewards(rewards, mask, "none"), mask)
+    scaled = monte_carlo_returns(pm.scale_rewards(rewards, mask, "std"), mask)
+    ratio = scaled / unscaled
+    assert ratio.min().item() > 0
+    assert ratio.tolist() == pytest.approx([ratio[0].item()] * len(lengths), rel=1e-9)
+    want = [s - 0.1 * (sum(a) - sum(b)) for s, a, b in zip(scores.tolist(), lp_rows, ref_rows, strict=True)]
+    assert unscaled.tolist() == pytest.approx(want)
 
 
 def test_masked_var_needs_two_values():

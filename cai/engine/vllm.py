@@ -167,6 +167,17 @@ class VLLMEngine(tokens.TokenizerMixin, Engine):
         # Cached prefixes were computed with the old weights.
         self.llm.reset_prefix_cache()
 
+    def probe_logprobs(self, sequences: list[list[int]], starts: list[int]) -> list[list[float]]:
+        """Teacher-forced log-probs (raw, T = 1) of sequences[i][starts[i]:], each token given
+        the ones before it: PPO's check that a weight reload took (cai.rollout.check_reload)."""
+        from vllm import SamplingParams
+
+        self._check_lengths(sequences, 1)
+        params = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
+        outs = self.llm.generate([{"prompt_token_ids": list(s)} for s in sequences], params, use_tqdm=False)
+        return [[float(out.prompt_logprobs[k][seq[k]].logprob) for k in range(start, len(seq))]
+                for seq, start, out in zip(sequences, starts, outs, strict=True)]
+
     def close(self) -> None:
         import gc
 
