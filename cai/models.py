@@ -130,9 +130,9 @@ def check_folder(path: Path) -> None:
         raise ModelNotFoundError(f"{path} has no tokenizer (none of {', '.join(TOKENIZER_FILES)})",
                                  Location(str(path)), fix=FOLDER_FIX)
     weights = sorted(path.glob("*.safetensors"))
-    if not weights and not any(path.glob("*.bin")):
-        raise ModelNotFoundError(f"{path} has no weights (no *.safetensors or *.bin file)", Location(str(path)),
-                                 fix=FOLDER_FIX)
+    if not weights and not any(any(path.glob(f"*{suffix}")) for suffix in (".bin", ".pth", ".ckpt")):
+        raise ModelNotFoundError(f"{path} has no weights (no *.safetensors, *.bin, *.pth or *.ckpt file)",
+                                 Location(str(path)), fix=FOLDER_FIX)
     for f in weights:
         _check_safetensors(f)
 

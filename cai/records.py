@@ -17,6 +17,7 @@ on disk (two writers without the lock) refuses to open, naming the lines.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import functools
 import json
@@ -304,8 +305,12 @@ def open_run_dir(out: Path, config: Any, force: bool = False, *, inputs: dict[st
     cfg.save(config, path)
     if inputs is not None:
         tmp = out / (INPUTS_FILE + ".tmp")
-        tmp.write_text(json.dumps(cfg.to_jsonable(inputs), indent=2, sort_keys=True) + "\n")
-        tmp.replace(out / INPUTS_FILE)
+        try:
+            tmp.write_text(json.dumps(cfg.to_jsonable(inputs), indent=2, sort_keys=True) + "\n")
+            tmp.replace(out / INPUTS_FILE)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            raise write_error(out / INPUTS_FILE, e) from None
     return out
 
 
@@ -360,10 +365,15 @@ class RunLock:
                           "without it: make sure no other job writes into this folder",
                           RunLockUnavailableWarning, stacklevel=2)
             return self
-        f.seek(0)
-        f.truncate()
-        f.write(f"{os.getpid()}\n")
-        f.flush()
+        try:
+            f.seek(0)
+            f.truncate()
+            f.write(f"{os.getpid()}\n")
+            f.flush()
+        except OSError as e:  # a full disk: the first write of a job is this one
+            with contextlib.suppress(OSError):
+                f.close()  # closing flushes again, and fails again
+            raise write_error(self.path, e) from None
         self._f = f
         return self
 

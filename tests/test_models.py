@@ -116,6 +116,8 @@ def test_make_engine_stamps_the_fingerprint(monkeypatch, tmp_path):
     from cai.engine.hf import HFEngine
 
     (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "tokenizer.json").write_text("{}")  # enough for models.check_folder
+    (tmp_path / "pytorch_model.bin").write_bytes(b"\0" * 64)
     monkeypatch.setattr(HFEngine, "load", classmethod(lambda cls, path, cfg, model_name=None: FakeEngine()))
     engine = make_engine(EngineConfig(backend="hf", model=str(tmp_path)))
     assert engine.fingerprint == models.fingerprint(tmp_path)
