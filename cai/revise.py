@@ -9,8 +9,10 @@ skips the critique (the paper's ablation).
 Batched: each step of each round is one engine call over a whole chunk of records (256 by
 default), never a loop over records; the few-shot transcripts come first in every prompt, so
 the engine's prefix cache computes them once. Every generation has its own seed, derived from
-(run seed, record id, round, step), so a record comes out the same whatever chunk it is in,
-and a resumed job samples exactly what the uninterrupted one would have.
+(run seed, record id, round, step). Seeds alone do not make a text independent of its batch
+(vLLM's numerics depend on what else is in it), so chunk boundaries are fixed by position in the
+inputs and a chunk cut short is made again whole (`resume_batches`): a resumed job writes what
+the uninterrupted one would have.
 
 A run folder (`out`) holds:
     config.yaml    the resolved config (a resume with a different one is refused)
@@ -200,13 +202,14 @@ def _run(cfg: ReviseConfig, engine: Engine | None, inputs: list[PromptRecord], r
         store = JsonlStore(out / RECORDS_FILE, flush_every=cfg.chunk_size + 1, current_keys=keys, drop_unknown=True)
         pending = [r for r in inputs if r.id not in store]
         skipped, stale, removed = len(inputs) - len(pending), len(store.stale), len(store.removed)
+        batches = resume_batches(inputs, store, cfg.chunk_size)
         steps: dict[str, StepStats] = {name: StepStats() for name in step_names(cfg)}
         t0 = time.perf_counter()
         with store, make_progress("records", console=None if progress else _quiet()) as bars:
-            tasks = {name: bars.add_task(name, total=len(pending), tokens=0) for name in steps}
+            tasks = {name: bars.add_task(name, total=sum(map(len, batches)), tokens=0) for name in steps}
             runner = _ChunkRunner(engine, constitution, cfg, samplings, steps, bars, tasks)
-            for start in range(0, len(pending), cfg.chunk_size):
-                store.extend(runner.run(pending[start : start + cfg.chunk_size], model))
+            for batch in batches:
+                store.extend(rec for rec in runner.run(batch, model) if rec["id"] not in store)
         seconds = time.perf_counter() - t0
     finally:
         if own_engine:
@@ -229,6 +232,27 @@ def _run(cfg: ReviseConfig, engine: Engine | None, inputs: list[PromptRecord], r
     _write_json_atomic(out / SUMMARY_FILE, {**config.to_jsonable(summary),
                                             "tokens_per_s": round(summary.tokens_per_s, 1)})
     return summary
+
+
+def resume_batches(inputs: list[PromptRecord], store: JsonlStore, chunk_size: int) -> list[list[PromptRecord]]:
+    """The batches that make every record missing from `store`, on chunk boundaries fixed by
+    position in the inputs (so a fresh run and a resumed one cut the same chunks).
+
+    vLLM's numerics depend on what else is in the batch, so per-record seeds alone do not make a
+    record's text independent of its batch. A chunk cut short (a torn write, prompts appended to
+    the file) is therefore made again whole and only its missing records are written: they come
+    out as in the uninterrupted run. Records dropped as stale (their inputs changed, so their texts
+    change anyway) are made together, without their chunk's current records."""
+    stale = set(store.stale)
+    batches, stale_only = [], []
+    for start in range(0, len(inputs), chunk_size):
+        chunk = inputs[start : start + chunk_size]
+        missing = [r for r in chunk if r.id not in store]
+        if any(r.id not in stale for r in missing):
+            batches.append(chunk if len(missing) < len(chunk) else missing)
+        else:
+            stale_only += missing
+    return batches + [stale_only[i : i + chunk_size] for i in range(0, len(stale_only), chunk_size)]
 
 
 # --- The chain of one chunk --------------------------------------------------------------------

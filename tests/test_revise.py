@@ -321,12 +321,67 @@ def test_resume_makes_only_missing_records_and_keeps_earlier_bytes(tmp_path, con
     prompts_file(tmp_path, 6)  # the same file, now with 3 more prompts
     eng = RecordingEngine()
     s = run_revise(cfg, eng, progress=False)
-    assert (s.done, s.skipped, s.records) == (3, 3, 6) and eng.calls == [("generate", 3)] * 5
+    # The chunk r0..r5 was cut short: it is made again whole (vLLM's numerics depend on the batch,
+    # so r3..r5 come out as in an uninterrupted run of 6), and only r3..r5 are written.
+    assert (s.done, s.skipped, s.records) == (3, 3, 6) and eng.calls == [("generate", 6)] * 5
     after = (tmp_path / "run" / "records.jsonl").read_bytes()
     assert after.startswith(before) and [r["id"] for r in read_records(tmp_path / "run")] == [
         f"r{i}" for i in range(6)]
     s = run_revise(cfg, RecordingEngine(), progress=False)
     assert s.done == 0 and (tmp_path / "run" / "records.jsonl").read_bytes() == after
+
+
+class BatchSensitiveEngine(RecordingEngine):
+    """Like vLLM, its texts depend on the batch: every answer names the size of its call."""
+
+    def generate(self, prompts, sampling, seeds=None):
+        outs = super().generate(prompts, sampling, seeds)
+        for c in outs:
+            object.__setattr__(c, "text", f"{c.text} [batch of {len(prompts)}]")
+        return outs
+
+
+def test_a_chunk_cut_short_is_made_again_whole_so_resume_equals_an_uninterrupted_run(tmp_path, constitution):
+    # The chaos suite found it on vLLM: a torn write left 2 of 8 records, the resume made the
+    # other 6 as a batch of 6, and their texts differed from the uninterrupted run's batch of 8.
+    ref = make_cfg(tmp_path, constitution, chunk_size=4, out=tmp_path / "ref")
+    run_revise(ref, BatchSensitiveEngine(), progress=False)
+    cfg = make_cfg(tmp_path, constitution, chunk_size=4)
+    run_revise(cfg, BatchSensitiveEngine(), progress=False)
+    path = tmp_path / "run" / "records.jsonl"
+    lines = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(b"".join(lines[:2]) + lines[2][:10])  # chunk r0..r3 torn after r1; r4 never written
+    eng = BatchSensitiveEngine()
+    with pytest.warns(TornTailWarning):
+        s = run_revise(cfg, eng, progress=False)
+    assert s.done == 3 and [len(p) for p, _, _ in eng.log] == [4] * 5 + [1] * 5  # r0..r3 whole, then r4
+    assert path.read_bytes() == (tmp_path / "ref" / "records.jsonl").read_bytes()
+
+
+@pytest.mark.parametrize(("done", "stale", "expected"), [
+    ([], [], [[0, 1, 2], [3, 4, 5], [6]]),                 # a fresh run
+    ([0, 1, 2, 3, 4, 5, 6], [], []),                       # nothing to do
+    ([0, 1, 3, 4], [], [[0, 1, 2], [3, 4, 5], [6]]),      # chunks 1, 2 cut short: whole; chunk 3 never started
+    ([0, 1, 2, 3, 4, 5, 6], [1, 4], [[1, 4]]),             # stale records only: made together, alone
+    ([0, 1, 2, 3, 5, 6], [4], [[4]]),                      # stale but otherwise complete chunk
+    ([0, 3, 4, 5], [1], [[0, 1, 2], [6]]),                 # a cut chunk that also holds a stale record
+])
+def test_resume_batches_keep_chunk_boundaries(done, stale, expected):
+    from cai.data import PromptRecord
+    from cai.revise import resume_batches
+
+    inputs = [PromptRecord(id=str(i), messages=(("user", str(i)),), source=f"p:{i}") for i in range(7)]
+    present = {str(i) for i in done} - {str(i) for i in stale}
+
+    class Store:  # what resume_batches reads of a JsonlStore
+        def __init__(self, stale_ids):
+            self.stale = stale_ids
+
+        def __contains__(self, rid):
+            return rid in present
+
+    got = resume_batches(inputs, Store([str(i) for i in stale]), 3)
+    assert [[int(r.id) for r in b] for b in got] == expected
 
 
 def test_torn_last_line_is_repaired_with_a_warning(tmp_path, constitution):
