@@ -3,8 +3,10 @@ was never interrupted. Results go to the "Fault suite" section of docs/reliabili
 
 For every stage: one uninterrupted reference run (its wall time T), then N trials. A trial
 starts the stage's real CLI command, SIGKILLs its whole process group at a moment drawn
-uniformly from [0, T) (seeded; T shrinks to kill time + resume time after each trial, since a
-cold reference overestimates a run), runs the same command again to completion, and compares:
+uniformly from [0.75 W, T) (seeded; W is when the reference wrote its first record or metrics
+line, so that kills fall in the working part of a run rather than in the model load; T shrinks
+to kill time + resume time after each trial, since a cold reference overestimates a run), runs
+the same command again to completion, and compares:
 
 - batch stages (revise, label, judge eval): the records of the store, by id: lost (in the
   reference, not after resume), duplicated (an id twice), different (same id, other content,
@@ -84,10 +86,12 @@ def command(stage: Stage, out: Path, refs: dict[str, Path]) -> list[str]:
 
 
 def run(cmd: list[str], log: Path, env: dict[str, str] | None = None, kill_after: float | None = None,
-        kill_when: Path | None = None) -> tuple[int, float, bool]:
+        kill_when: Path | None = None, watch: Path | None = None) -> tuple[int, float, bool]:
     """Run `cmd`; SIGKILL its process group after `kill_after` s, or while a checkpoint is being
-    written under `kill_when`. Returns (exit code, seconds, killed)."""
+    written under `kill_when`. Returns (exit code, seconds, killed); with `watch`, the seconds
+    until that file first existed are written beside it as `<name>.first_s`."""
     t0 = time.monotonic()
+    seen = False
     with log.open("a") as f:
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, start_new_session=True,
                                 env={**os.environ, **(env or {})})
@@ -101,6 +105,9 @@ def run(cmd: list[str], log: Path, env: dict[str, str] | None = None, kill_after
                 killed = True
                 proc.wait()
                 break
+            if watch is not None and not seen and watch.exists():
+                seen = True
+                (watch.parent / "chaos_first_write_s").write_text(str(time.monotonic() - t0))
             time.sleep(0.01)
     return proc.returncode, time.monotonic() - t0, killed or proc.returncode == -signal.SIGKILL
 
@@ -249,11 +256,14 @@ def main() -> None:
         ref_out = a.work / f"{stage.name.replace(' ', '_')}-reference"
         if not (ref_out / "summary.json").exists() and not (ref_out / "train_done.json").exists() \
                 and not (ref_out / "report.json").exists():
-            rc, ref_s, _ = run(command(stage, ref_out, refs), a.work / f"{ref_out.name}.log")
+            rc, ref_s, _ = run(command(stage, ref_out, refs), a.work / f"{ref_out.name}.log",
+                               watch=ref_out / (stage.store or "metrics.jsonl"))
             if rc != 0:
                 sys.exit(f"{stage.name}: the reference run failed (exit {rc}); see {a.work / ref_out.name}.log")
             (ref_out / "chaos_seconds").write_text(str(ref_s))
         ref_s = float((ref_out / "chaos_seconds").read_text())
+        first = ref_out / "chaos_first_write_s"
+        start = 0.75 * float(first.read_text()) if first.exists() else 0.0
         refs[stage.name] = ref_out
         if stage.name not in wanted:
             continue
@@ -262,7 +272,7 @@ def main() -> None:
         # overestimate by half; each trial bounds it again (kill time + resume time >= a run).
         length, trials = ref_s, []
         for i in range(a.trials):
-            t = trial(stage, i, rng.random() * length, False, a.work, refs, ref_out)
+            t = trial(stage, i, start + rng.random() * max(0.0, length - start), False, a.work, refs, ref_out)
             length = min(length, t["kill_at_s"] + t["resume_s"] if t["killed"] else t["first_s"])
             trials.append(t)
         trials.append(trial(stage, a.trials, None, True, a.work, refs, ref_out))
