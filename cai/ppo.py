@@ -77,12 +77,13 @@ from cai.train_common import (
     autocast,
     batch_indices,
     checkpoint_dirs,
-    is_finished,
+    finished_run,
     mark_finished,
     resolve_device,
     rng_state,
     seed_everything,
     set_rng_state,
+    training_inputs,
 )
 
 
@@ -314,6 +315,18 @@ class PPOConfig:
 # ---------------------------------------------------------------------------------------------
 # Prompts and models
 # ---------------------------------------------------------------------------------------------
+
+
+def run_inputs(cfg: PPOConfig) -> dict[str, Any]:
+    """What the run is made from beyond its config (cai.train_common.training_inputs): the policy's
+    and the reward model's folders, and the prompts as read, so that a file or model edited in
+    place is caught on resume."""
+    folders = {"policy": models.resolve(cfg.policy)}
+    if cfg.reward == "rm":
+        folders["reward_model"] = models.resolve(cfg.reward_model)
+    data = {name: [(r.id, r.messages) for r in read_prompts(Path(path), cfg.prompt_column, cfg.id_column)[0]]
+            for name, path in (("prompts", cfg.prompts), ("eval_prompts", cfg.eval_prompts)) if path}
+    return training_inputs(folders, data)
 
 
 def load_prompts(path: str, cfg: PPOConfig, tokenizer) -> tuple[list[PromptRecord], list[Reject], int]:
@@ -693,9 +706,10 @@ def train_ppo(cfg: PPOConfig, *, force: bool = False, progress: bool = True, rol
     `rollout_engine` / `judge_engine` reuse engines that are already running (tests, notebooks);
     a given rollout engine gets the policy's weights loaded first. `on_step(step, metrics)` runs
     after each finished step."""
-    out = records.open_run_dir(Path(cfg.out), cfg, force)
-    if (done := is_finished(out)) is not None:
-        return {**done, "already_finished": True}
+    inputs = run_inputs(cfg)
+    if (done := finished_run(Path(cfg.out), cfg, inputs)) is not None:
+        return done
+    out = records.open_run_dir(Path(cfg.out), cfg, force, inputs=inputs)
     t_start = time.time()
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)

@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from cai.cli import app
 from cai.engine.base import Completion, Engine, Sampling
 from cai.engine.fake import FakeEngine
-from cai.errors import ConfigError, EngineError
+from cai.errors import ConfigError, EngineError, ResumeError
 from cai.ppo import LengthDriftWarning, PPOConfig, TrainingStopped, train_ppo
 from cai.rollout import (
     call_with_timeout,
@@ -619,3 +619,20 @@ def test_reload_check_at_the_default_dtype_and_learning_rate(auto_dtype_engine, 
     row = metric_rows(tmp_path / "out")[0]
     print({k: v for k, v in row.items() if k.startswith("engine/")})
     assert row["engine/reload_agreement"] > 0.5 and row["engine/reload_stderr"] < 0.2, row
+
+
+def test_resume_after_the_prompts_changed_in_place_is_refused(tiny, tmp_path):
+    """Same path, same count, other texts: the old check (the number of prompts) let it resume
+    on other data. inputs.json records a hash of the prompts as read, and the fingerprints of
+    the policy and reward-model folders."""
+    def interrupt(step, metrics):
+        if step == 1:
+            raise KeyboardInterrupt
+
+    cfg = tiny_config(tiny, tmp_path, steps=2, checkpoint_every=0)
+    with pytest.raises(KeyboardInterrupt):
+        train_ppo(cfg, progress=False, on_step=interrupt)
+    prompts = Path(cfg.prompts)
+    prompts.write_text(prompts.read_text().replace("a", "e"))
+    with pytest.raises(ResumeError, match=r"inputs\.data_hashes\.prompts: '\w+' -> '\w+'"):
+        train_ppo(cfg, progress=False)
