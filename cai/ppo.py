@@ -420,7 +420,9 @@ def sync_weights(engine: Engine, policy, timeout_s: float) -> float:
 @torch.no_grad()
 def verify_reload(cfg: PPOConfig, engine: Engine, exp: Experience, policy, device: torch.device) -> dict[str, float]:
     """Check that the reload took (cai.rollout.check_reload), on this step's first rollouts."""
-    rows = probe_rows(exp.batch)
+    rows = probe_rows(exp.batch, engine.max_model_len)
+    if not rows:  # every sequence fills the engine's context: nothing it can score
+        return {}
     probe = exp.batch.select(rows)
     new_lp = []
     for sub in chunks(len(rows), cfg.local_minibatch_size):

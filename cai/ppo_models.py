@@ -12,7 +12,6 @@ at a response's last token is then exactly the score the reward model gives it.
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 from typing import Any
 
@@ -69,15 +68,15 @@ def load_value_model(reward_model: str | None, policy_path: str, tokenizer, devi
     and a zero head (values start at 0)."""
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-    from cai.reward import NORM_FILE, _quiet_transformers
+    from cai.reward import _quiet_transformers, read_normalization
 
     if reward_model is not None:
         path = str(reward_model)
+        norm = read_normalization(path)  # first: a folder without it is not a cai reward model
         rm_vocab = AutoTokenizer.from_pretrained(path).get_vocab()
         if rm_vocab != tokenizer.get_vocab():
             raise ConfigError(f"the reward model {path} has a different tokenizer from the policy {policy_path}",
                               fix="train the reward model from the policy (or the model the policy came from)")
-        norm = json.loads((Path(path) / NORM_FILE).read_text())
         value = AutoModelForSequenceClassification.from_pretrained(
             path, config=_no_dropout_config(path, AutoConfig), dtype=torch.float32)
         gain, bias = float(norm["gain"]), float(norm["bias"])

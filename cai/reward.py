@@ -281,6 +281,15 @@ def _quiet_transformers():
             hf_logging.enable_progress_bar()
 
 
+def read_normalization(folder: str | Path) -> dict[str, Any]:
+    """A reward-model folder's cai_reward.json (gain, bias, max_length, ...)."""
+    norm_path = Path(folder) / NORM_FILE
+    if not norm_path.exists():
+        raise ModelNotFoundError(f"{folder} is not a cai reward model (no {NORM_FILE})",
+                                 fix="pass the --out folder of `cai rm train`")
+    return json.loads(norm_path.read_text())
+
+
 class RewardModel:
     """A trained reward model: `score` gives normalized rewards (gain * raw + bias)."""
 
@@ -298,11 +307,7 @@ class RewardModel:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         folder = Path(folder)
-        norm_path = folder / NORM_FILE
-        if not norm_path.exists():
-            raise ModelNotFoundError(f"{folder} is not a cai reward model (no {NORM_FILE})",
-                                     fix="pass the --out folder of `cai rm train`")
-        info = json.loads(norm_path.read_text())
+        info = read_normalization(folder)
         with _quiet_transformers():
             model = AutoModelForSequenceClassification.from_pretrained(folder, dtype=dtype).to(device).eval()
         if model.config.num_labels != 1:

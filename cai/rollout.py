@@ -327,12 +327,18 @@ def reload_agreement(engine_lp: torch.Tensor, previous_lp: torch.Tensor, new_lp:
     return ReloadCheck(slope, stderr, (power / n) ** 0.5, n)
 
 
-def probe_rows(batch: RolloutBatch, max_tokens: int = RELOAD_PROBE_TOKENS) -> list[int]:
-    """The first rows of the batch whose responses hold at least max_tokens tokens (or all)."""
+def probe_rows(batch: RolloutBatch, max_model_len: int, max_tokens: int = RELOAD_PROBE_TOKENS) -> list[int]:
+    """The first rows of the batch whose responses hold at least max_tokens tokens (or all),
+    leaving out the sequences that fill the engine's context: a prompt of max_prompt_tokens with
+    a response cut at max_new_tokens may be exactly max_model_len long, and vLLM refuses to score
+    a sequence that leaves no room for one generated token."""
     rows, total = [], 0
+    lengths = batch.attention_mask.sum(-1).tolist()
     for i, n in enumerate(batch.response_mask.sum(-1).tolist()):
         if total >= max_tokens:
             break
+        if lengths[i] + 1 > max_model_len:
+            continue
         rows.append(i)
         total += int(n)
     return rows

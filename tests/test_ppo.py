@@ -252,6 +252,57 @@ def test_a_reload_that_did_not_take_stops_the_run(tiny, tmp_path, broken):
     assert all(r["engine/reload_agreement"] == pytest.approx(1.0, abs=1e-3) for r in rows), rows
 
 
+class FullContextEngine(OwnWeightsEngine):
+    """An engine whose context is exactly max_prompt_tokens + max_new_tokens (the config allows
+    it) and which, like vLLM, refuses a probe sequence that leaves no room for one more token."""
+
+    def __init__(self, policy_path: str, max_len: int):
+        super().__init__(policy_path)
+        self.max_len, self.probed = max_len, []
+
+    def probe_logprobs(self, sequences, starts):
+        for i, seq in enumerate(sequences):
+            if len(seq) + 1 > self.max_len:
+                raise EngineError(f"prompt {i} has {len(seq)} tokens, more than max_model_len={self.max_len} allows")
+        self.probed.extend(len(s) for s in sequences)
+        return super().probe_logprobs(sequences, starts)
+
+    @property
+    def max_model_len(self):
+        return self.max_len
+
+
+def test_the_reload_probe_leaves_out_sequences_that_fill_the_engine_context(tiny, tmp_path):
+    """A prompt of max_prompt_tokens with a response cut at max_new_tokens fills a context of
+    their sum; the engine cannot score it (vLLM needs room for one generated token), so the probe
+    must leave it out instead of stopping the run after a good update."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny["policy"])
+    rows = [{"id": f"q{i}", "prompt": "Question: name a colour." if i % 2 else "Name one colour, please, now."}
+            for i in range(4)]
+    lengths = [len(prompt_ids(tok, [{"role": "user", "content": r["prompt"]}])) for r in rows]
+    assert min(lengths) < max(lengths)  # some probe rows stay below the limit
+    new = 6
+    engine = FullContextEngine(tiny["policy"], max(lengths) + new)
+    engine.model.generation_config.eos_token_id = None  # every response runs to max_new_tokens
+    cfg = tiny_config(tiny, tmp_path, temperature=1.0, steps=1, checkpoint_every=0, max_new_tokens=new,
+                      max_prompt_tokens=max(lengths), prompts=str(write_jsonl(tmp_path / "full.jsonl", rows)))
+    train_ppo(cfg, progress=False, rollout_engine=engine)
+    assert engine.probed and max(engine.probed) < engine.max_len
+    assert metric_rows(tmp_path / "out")[0]["engine/reload_agreement"] == pytest.approx(1.0, abs=1e-3)
+
+
+def test_a_reward_model_folder_without_its_normalization_is_a_typed_error(tiny, tmp_path):
+    """The value model reads the gain and bias of cai_reward.json; a folder without it (a plain
+    transformers model) must be the same located ModelNotFoundError the reward model gives."""
+    from cai.errors import ModelNotFoundError
+
+    cfg = tiny_config(tiny, tmp_path, reward_model=tiny["policy"])
+    with pytest.raises(ModelNotFoundError, match="is not a cai reward model"):
+        train_ppo(cfg, progress=False)
+
+
 def test_call_with_timeout_returns_reraises_and_never_hangs():
     assert call_with_timeout(lambda: 42, 5, "nothing") == 42
     with pytest.raises(KeyError):
