@@ -53,6 +53,7 @@ from cai.ppo_math import (
     penalize_missing_eos,
     per_token_rewards,
     policy_loss,
+    reward_scale,
     scale_rewards,
     value_loss,
 )
@@ -464,6 +465,10 @@ class Experience:
     kl: torch.Tensor | None = None
     advantages: torch.Tensor | None = None
     returns: torch.Tensor | None = None
+    """In the scaled units of `rewards`."""
+    reward_scale: torch.Tensor | None = None
+    """[] the factor reward scaling multiplied the rewards by (1 / their std, or 1); values are
+    multiplied by it before GAE and the value loss."""
 
 
 def chunks(n: int, size: int) -> list[list[int]]:
@@ -523,8 +528,12 @@ def compute_advantages(exp: Experience, cfg: PPOConfig, kl_coef: float) -> None:
     r = per_token_rewards(exp.logprobs, exp.ref_logprobs, exp.scores, mask, kl_coef)
     exp.kl = r.kl
     # Reward scaling: divided by the std, never shifted (a shift would reward length).
+    exp.reward_scale = reward_scale(r.rewards, mask, cfg.reward_scaling)
     exp.rewards = scale_rewards(r.rewards, mask, cfg.reward_scaling)
-    advantages, exp.returns = gae(exp.rewards, exp.values, mask, cfg.gamma, cfg.lam)
+    # The value model predicts returns in the reward model's normalized units (its head starts as
+    # the reward model's, gain and bias folded in); GAE and the value loss see its predictions in
+    # this batch's scaled units, so a model that predicts the returns exactly gives advantage 0.
+    advantages, exp.returns = gae(exp.rewards, exp.values * exp.reward_scale, mask, cfg.gamma, cfg.lam)
     exp.advantages = masked_whiten(advantages, mask)
 
 
@@ -556,7 +565,9 @@ def ppo_update(exp: Experience, cfg: PPOConfig, step: int, policy, value_model, 
                     new_logprobs, logits = response_logprobs(policy, mb, cfg.temperature)
                     new_values = response_values(value_model, mb)
                 pl = policy_loss(new_logprobs, exp.logprobs[rows], exp.advantages[rows], mask, cfg.cliprange)
-                vl = value_loss(new_values, exp.values[rows], exp.returns[rows], mask, cfg.cliprange_value)
+                scale = exp.reward_scale  # values in the scaled units of the returns (compute_advantages)
+                vl = value_loss(new_values * scale, exp.values[rows] * scale, exp.returns[rows], mask,
+                                cfg.cliprange_value)
                 ((pl.pg_loss + vl.vf_loss) * weight).backward()
                 with torch.no_grad():
                     for name, v in (("losses/policy", pl.pg_loss), ("losses/value", vl.vf_loss),
@@ -851,7 +862,7 @@ def train_ppo(cfg: PPOConfig, *, force: bool = False, progress: bool = True, rol
                     "objective/entropy": exp.entropy,
                     **update_stats,
                     "value/mean": float(masked_mean(exp.values, mask)),
-                    "value/returns_mean": float(masked_mean(exp.returns, mask)),
+                    "value/returns_mean": float(masked_mean(exp.returns / exp.reward_scale, mask)),
                     "response/length": mean_len,
                     "response/length_drift": drift,
                     "response/eos_frac": float(exp.batch.ended_with_eos.float().mean()),

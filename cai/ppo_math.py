@@ -72,11 +72,18 @@ def scale_rewards(rewards: torch.Tensor, mask: torch.Tensor, how: str = "std", e
     has the same defect.) Full whitening, (x - mean) / std, shifts every token too. So cai only
     divides by the std: every response's return is its unscaled return times one positive
     factor, which keeps the order of the responses and the sign of every reward."""
+    return rewards * reward_scale(rewards, mask, how, eps) * mask.to(rewards.dtype)
+
+
+def reward_scale(rewards: torch.Tensor, mask: torch.Tensor, how: str = "std", eps: float = 1e-8) -> torch.Tensor:
+    """The one factor `scale_rewards` multiplies a batch's rewards by: 1 / their std ("std") or 1.
+    The value model's predictions are multiplied by the same factor before GAE and the value
+    loss (cai.ppo.compute_advantages), so the model itself stays in the reward model's units."""
     if how == "none":
-        return rewards * mask.to(rewards.dtype)
+        return torch.ones((), dtype=rewards.dtype, device=rewards.device)
     if how != "std":
         raise ValueError(f"reward scaling {how!r} is not one of {REWARD_SCALINGS}")
-    return rewards * torch.rsqrt(masked_var(rewards, mask) + eps) * mask.to(rewards.dtype)
+    return torch.rsqrt(masked_var(rewards, mask) + eps)
 
 
 # ---------------------------------------------------------------------------------------------

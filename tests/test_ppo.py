@@ -687,3 +687,34 @@ def test_resume_after_the_prompts_changed_in_place_is_refused(tiny, tmp_path):
     prompts.write_text(prompts.read_text().replace("a", "e"))
     with pytest.raises(ResumeError, match=r"inputs\.data_hashes\.prompts: '\w+' -> '\w+'"):
         train_ppo(cfg, progress=False)
+
+
+@pytest.mark.parametrize("scaling", ["std", "none"])
+def test_a_value_model_that_predicts_the_returns_gives_zero_advantage_under_reward_scaling(scaling):
+    """The value model lives in the reward model's units (its head starts as the RM's, with
+    cai_reward.json folded in); with reward scaling its predictions must be scaled like the
+    rewards before GAE, or a perfect value model would leave advantages of (1 - 1/std) * V.
+    Failed before: GAE took the unscaled values against the scaled rewards."""
+    from types import SimpleNamespace
+
+    from cai.ppo import compute_advantages
+
+    mask = torch.tensor([[1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1]], dtype=torch.bool)
+    scores = torch.tensor([0.8, -0.5])
+    lp = torch.zeros(2, 6)
+    # gamma 1, no KL: the return of every token is the response's score.
+    exp = SimpleNamespace(batch=SimpleNamespace(response_mask=mask), logprobs=lp, ref_logprobs=lp, scores=scores,
+                          values=scores[:, None].expand(2, 6) * mask)
+    cfg = PPOConfig(prompts="p", out="o", reward_model="rm", reward_scaling=scaling, gamma=1.0, lam=0.95)
+    raw = {}
+    import cai.ppo as ppo_mod
+
+    real_whiten = ppo_mod.masked_whiten
+    try:
+        ppo_mod.masked_whiten = lambda x, m: raw.setdefault("adv", x)
+        compute_advantages(exp, cfg, kl_coef=0.0)
+    finally:
+        ppo_mod.masked_whiten = real_whiten
+    torch.testing.assert_close(raw["adv"], torch.zeros(2, 6), atol=1e-6, rtol=0)
+    torch.testing.assert_close(exp.returns / exp.reward_scale, exp.values, atol=1e-6, rtol=0)
+    assert (float(exp.reward_scale) != 1.0) == (scaling == "std")
