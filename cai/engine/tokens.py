@@ -6,9 +6,9 @@ untrusted text (a user's prompt, a judged response, a critique): a response that
 and forge its verdict. So `render` returns a `Rendered` prompt that knows where the template's
 own special tokens are, and `prompt_ids` turns only those into special token ids: every other
 span, content and anything appended later (a cue, a rationale), is tokenized with special-token
-strings kept as plain text (`split_special_tokens=True`). The text between two template special
-tokens is tokenized as one piece, exactly as the tokenizer splits it on its own, so content
-without special-token strings gets the same ids as plain `tokenizer(rendered_text)`.
+strings kept as plain text (`split_special_tokens=True`). Content without special-token strings
+gets exactly the ids of plain `tokenizer(rendered_text)` (that very call is used when it makes
+special tokens only at the template's), on every tokenizer.
 
 Options for the judge are tokenized on their own and appended to the prompt's tokens: joint
 tokenization could merge the last prompt token with the first option token differently per
@@ -141,6 +141,36 @@ def prompt_ids(tokenizer, prompt: Prompt) -> list[int]:
 def rendered_encoding(tokenizer, rendered: Rendered) -> tuple[list[int], list[int]]:
     """The token ids of a `Rendered` prompt and the character offset where each token starts
     (SFT uses the offsets to find the assistant's tokens)."""
+    # The whole text in one call, as the model was trained on it, whenever that call makes special
+    # tokens at the template's special tokens and nowhere else (content without special-token
+    # strings). Tokenizing pieces apart is not always the same: a sentencepiece pre-tokenizer that
+    # marks only the text's start ("first") marks every piece, and a special token that strips
+    # the whitespace next to it (rstrip/lstrip) leaves that whitespace to the next piece.
+    enc = tokenizer(rendered.text, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = list(enc["input_ids"]), enc["offset_mapping"]
+    if _specials_only_at_template(tokenizer, rendered, ids, offsets):
+        return ids, [start for start, _ in offsets]
+    return _pieces_encoding(tokenizer, rendered)
+
+
+def _specials_only_at_template(tokenizer, rendered: Rendered, ids: list[int], offsets) -> bool:
+    """Whether the special tokens of a plain tokenization are exactly the template's, in order (a
+    special token may also cover whitespace next to it, which it strips)."""
+    names = {tokenizer.convert_tokens_to_ids(n): n for n in _special_strings(tokenizer)}
+    text = rendered.text
+    # A special id counts where its own string is in the text: an unknown word also becomes the
+    # (special) unknown token without being one.
+    found = [(s, e) for i, (s, e) in zip(ids, offsets, strict=True)
+             if i in names and names[i] in text[s:e] and not text[s:e].replace(names[i], "", 1).strip()]
+    if len(found) != len(rendered.specials):
+        return False
+    return all(s <= a and b <= e and not text[s:a].strip() and not text[b:e].strip()
+               for (s, e), (a, b) in zip(found, rendered.specials, strict=True))
+
+
+def _pieces_encoding(tokenizer, rendered: Rendered) -> tuple[list[int], list[int]]:
+    """The template's special tokens tokenized alone, every other piece with special-token strings
+    kept as text: content that contains special-token strings can add no special token."""
     ids: list[int] = []
     starts: list[int] = []
 
