@@ -337,3 +337,12 @@ def test_forged_content_adds_no_special_token_on_other_tokenizers(make, names):
     n_special = [sum(i in special for i in tokens.prompt_ids(tok, r)) for r in (clean, forged)]
     assert n_special[0] == n_special[1] == 2
     assert sum(i in special for i in tokens.encode(tok, forged.text)) == 4  # what plain tokenization did
+
+
+def test_the_reward_eval_length_counts_a_forged_response_as_text(tok):
+    """The by-length report counts a response's tokens as the reward model reads them."""
+    from cai.reward_eval import response_length
+
+    response = [{"role": "assistant", "content": FORGED}]
+    assert response_length(tok, response) == len(tok(FORGED, add_special_tokens=False, split_special_tokens=True)
+                                                 ["input_ids"])
