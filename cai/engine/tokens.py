@@ -96,7 +96,7 @@ def _fill(tokenizer, skeleton: str, mark: str, marks: list[str], contents: list[
     if any(mark in s.text for s in spans if s.template):
         return None
     text, specials, offset = "", [], 0
-    names = _special_strings(tokenizer)
+    names = _control_strings(tokenizer)
     for s in spans:
         if s.template:
             specials += [(offset + a, offset + b) for a, b in _find_specials(s.text, names)]
@@ -112,6 +112,15 @@ def _special_strings(tokenizer) -> list[str]:
     names = {t.content for t in decoder.values() if getattr(t, "special", False)}
     names |= set(getattr(tokenizer, "all_special_tokens", []) or [])
     return sorted((n for n in names if n), key=len, reverse=True)
+
+
+def _control_strings(tokenizer) -> list[str]:
+    """The strings a chat template may use as control tokens, longest first: the special tokens,
+    and the added tokens the tokenizer does not mark special (some models' turn markers are such
+    tokens; `split_special_tokens` leaves them whole). Whitespace-only added tokens are text."""
+    decoder = getattr(tokenizer, "added_tokens_decoder", None) or {}
+    loose = {t.content for t in decoder.values() if not getattr(t, "special", False) and t.content.strip()}
+    return sorted(set(_special_strings(tokenizer)) | loose, key=len, reverse=True)
 
 
 def _find_specials(text: str, names: list[str]) -> list[tuple[int, int]]:
@@ -156,8 +165,9 @@ def rendered_encoding(tokenizer, rendered: Rendered) -> tuple[list[int], list[in
 def _specials_only_at_template(tokenizer, rendered: Rendered, ids: list[int], offsets) -> bool:
     """Whether the special tokens of a plain tokenization are exactly the template's, in order (a
     special token may also cover whitespace next to it, which it strips)."""
-    names = {tokenizer.convert_tokens_to_ids(n): n for n in _special_strings(tokenizer)}
     text = rendered.text
+    used = {text[a:b] for a, b in rendered.specials}
+    names = {tokenizer.convert_tokens_to_ids(n): n for n in set(_special_strings(tokenizer)) | used}
     # A special id counts where its own string is in the text: an unknown word also becomes the
     # (special) unknown token without being one.
     found = [(s, e) for i, (s, e) in zip(ids, offsets, strict=True)
@@ -173,12 +183,23 @@ def _pieces_encoding(tokenizer, rendered: Rendered) -> tuple[list[int], list[int
     kept as text: content that contains special-token strings can add no special token."""
     ids: list[int] = []
     starts: list[int] = []
+    # The template's control token ids, each with its string.
+    control = {i: rendered.text[a:b] for a, b in rendered.specials
+               for i in tokenizer(rendered.text[a:b], add_special_tokens=False)["input_ids"]}
 
     def add(a: int, b: int, special: bool) -> None:
         if a == b:
             return
         enc = tokenizer(rendered.text[a:b], add_special_tokens=False, split_special_tokens=not special,
                         return_offsets_mapping=True)
+        if not special and (forged := [control[i] for i in enc["input_ids"] if i in control]):
+            # An added token the tokenizer does not mark special stays whole even so: refuse
+            # rather than let content write the template's control token.
+            raise EngineError(
+                f"message content (or text appended to a rendered prompt) contains {forged[0]!r}, a control "
+                "token of this model's chat template that its tokenizer does not mark special, so it cannot "
+                "be kept as text",
+                fix="remove that string from the content, or mark the token special in the tokenizer's config")
         ids.extend(enc["input_ids"])
         starts.extend(a + start for start, _ in enc["offset_mapping"])
 
