@@ -168,10 +168,12 @@ def _specials_only_at_template(tokenizer, rendered: Rendered, ids: list[int], of
     text = rendered.text
     used = {text[a:b] for a, b in rendered.specials}
     names = {tokenizer.convert_tokens_to_ids(n): n for n in set(_special_strings(tokenizer)) | used}
-    # A special id counts where its own string is in the text: an unknown word also becomes the
-    # (special) unknown token without being one.
+    # Every special id counts, whatever text it came from (a special token matched after the
+    # tokenizer's normalizer, e.g. lowercasing, is not its literal string); only the unknown
+    # token is also made by ordinary words.
+    unk = getattr(tokenizer, "unk_token_id", None)
     found = [(s, e) for i, (s, e) in zip(ids, offsets, strict=True)
-             if i in names and names[i] in text[s:e] and not text[s:e].replace(names[i], "", 1).strip()]
+             if i in names and (i != unk or names[i] in text[s:e])]
     if len(found) != len(rendered.specials):
         return False
     return all(s <= a and b <= e and not text[s:a].strip() and not text[b:e].strip()
