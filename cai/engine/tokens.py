@@ -144,12 +144,19 @@ def prompt_ids(tokenizer, prompt: Prompt) -> list[int]:
         return encode(tokenizer, prompt)
     if not isinstance(prompt, Rendered):
         prompt = render(tokenizer, prompt)
+    if not getattr(tokenizer, "is_fast", False):
+        # A slow (Python) tokenizer gives no offsets, so the whole-text call cannot be checked:
+        # tokenize the pieces, which is always safe.
+        return _pieces_encoding(tokenizer, prompt, offsets=False)[0]
     return rendered_encoding(tokenizer, prompt)[0]
 
 
 def rendered_encoding(tokenizer, rendered: Rendered) -> tuple[list[int], list[int]]:
     """The token ids of a `Rendered` prompt and the character offset where each token starts
-    (SFT uses the offsets to find the assistant's tokens)."""
+    (SFT uses the offsets to find the assistant's tokens). Needs a fast tokenizer (offsets)."""
+    if not getattr(tokenizer, "is_fast", False):
+        raise EngineError("this tokenizer gives no character offsets (a slow, Python tokenizer)",
+                          fix="use the model's fast tokenizer (a tokenizer.json), as SFT needs offsets")
     # The whole text in one call, as the model was trained on it, whenever that call makes special
     # tokens at the template's special tokens and nowhere else (content without special-token
     # strings). Tokenizing pieces apart is not always the same: a sentencepiece pre-tokenizer that
@@ -180,7 +187,7 @@ def _specials_only_at_template(tokenizer, rendered: Rendered, ids: list[int], of
                for (s, e), (a, b) in zip(found, rendered.specials, strict=True))
 
 
-def _pieces_encoding(tokenizer, rendered: Rendered) -> tuple[list[int], list[int]]:
+def _pieces_encoding(tokenizer, rendered: Rendered, offsets: bool = True) -> tuple[list[int], list[int]]:
     """The template's special tokens tokenized alone, every other piece with special-token strings
     kept as text: content that contains special-token strings can add no special token."""
     ids: list[int] = []
@@ -193,7 +200,7 @@ def _pieces_encoding(tokenizer, rendered: Rendered) -> tuple[list[int], list[int
         if a == b:
             return
         enc = tokenizer(rendered.text[a:b], add_special_tokens=False, split_special_tokens=not special,
-                        return_offsets_mapping=True)
+                        return_offsets_mapping=offsets)
         if not special and (forged := [control[i] for i in enc["input_ids"] if i in control]):
             # An added token the tokenizer does not mark special stays whole even so: refuse
             # rather than let content write the template's control token.
@@ -203,7 +210,8 @@ def _pieces_encoding(tokenizer, rendered: Rendered) -> tuple[list[int], list[int
                 "be kept as text",
                 fix="remove that string from the content, or mark the token special in the tokenizer's config")
         ids.extend(enc["input_ids"])
-        starts.extend(a + start for start, _ in enc["offset_mapping"])
+        if offsets:
+            starts.extend(a + start for start, _ in enc["offset_mapping"])
 
     pos = 0
     for a, b in rendered.specials:
