@@ -164,7 +164,10 @@ def pair_report(r_chosen: Sequence[float], r_rejected: Sequence[float], p: Seque
 
 
 def response_length(tokenizer, response: list[dict[str, str]]) -> int:
-    return sum(len(tokenizer(m["content"], add_special_tokens=False)["input_ids"]) for m in response)
+    """Tokens of the response's content, counted as the reward model reads it (special-token
+    strings are text, cai/engine/tokens.py)."""
+    return sum(len(tokenizer(m["content"], add_special_tokens=False, split_special_tokens=True)["input_ids"])
+               for m in response)
 
 
 def evaluate_pairs(rm: RewardModel, pairs: list[Pair], batch_size: int = 16,

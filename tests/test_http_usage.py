@@ -50,7 +50,11 @@ def server():
 
         def do_POST(self):  # noqa: N802
             seen.append((self.path, json.loads(self.rfile.read(int(self.headers["Content-Length"])))))
-            self._send(replies.pop(0))
+            reply = replies.pop(0)
+            if isinstance(reply, tuple):  # (status, body): an error answer
+                self.send_error(reply[0], explain=reply[1])
+                return
+            self._send(reply)
 
         def log_message(self, *args):
             pass
@@ -108,3 +112,15 @@ def test_several_choices_keep_their_order_and_own_counts(server):
                     "usage": {"prompt_tokens": 3, "completion_tokens": 4}})
     outs = engine(url).generate(PROMPT, Sampling(max_tokens=8, n=2))
     assert [(c.text, c.completion_tokens, c.finish_reason) for c in outs] == [("x", 1, "abort"), ("x y z", 3, "stop")]
+
+
+def test_a_server_that_refuses_token_id_prompts_gets_a_fix(server):
+    """cai sends token ids, never text (content must stay text): a server that takes only text
+    prompts answers 400, and the error says what to serve instead."""
+    from cai.errors import EngineError
+
+    url, replies = server
+    replies.append((400, "prompt must be a string"))
+    with pytest.raises(EngineError, match="token-id prompt") as e:
+        engine(url).generate(PROMPT, Sampling(max_tokens=4))
+    assert "vllm serve" in e.value.fix

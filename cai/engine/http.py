@@ -65,6 +65,12 @@ class HTTPEngine(tokens.TokenizerMixin, Engine):
                 if e.code == 404 and "model" in body.lower():
                     raise EngineError(f"the server at {self.base_url} does not serve model {self.served_name!r}: "
                                       f"{body}", fix=f"use one of: {', '.join(self._served_models())}") from e
+                if e.code in (400, 422) and isinstance((payload or {}).get("prompt"), list):
+                    # Token-id prompts keep content as text; some OpenAI-compatible servers take only text.
+                    raise EngineError(f"{url} answered HTTP {e.code} to a token-id prompt: {body}",
+                                      fix="if the server does not take token-id prompts on /v1/completions, serve "
+                                      "the model with vLLM (`vllm serve MODEL`), which does; if the prompt is too "
+                                      "long, shorten it or raise --max-model-len") from e
                 raise EngineError(f"{url} answered HTTP {e.code}: {body}") from e
             except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
                 if attempt < self.cfg.max_retries:

@@ -6,9 +6,9 @@ untrusted text (a user's prompt, a judged response, a critique): a response that
 and forge its verdict. So `render` returns a `Rendered` prompt that knows where the template's
 own special tokens are, and `prompt_ids` turns only those into special token ids: every other
 span, content and anything appended later (a cue, a rationale), is tokenized with special-token
-strings kept as plain text (`split_special_tokens=True`). The text between two template special
-tokens is tokenized as one piece, exactly as the tokenizer splits it on its own, so content
-without special-token strings gets the same ids as plain `tokenizer(rendered_text)`.
+strings kept as plain text (`split_special_tokens=True`). Content without special-token strings
+gets exactly the ids of plain `tokenizer(rendered_text)` (that very call is used when it makes
+special tokens only at the template's), on every tokenizer.
 
 Options for the judge are tokenized on their own and appended to the prompt's tokens: joint
 tokenization could merge the last prompt token with the first option token differently per
@@ -96,7 +96,7 @@ def _fill(tokenizer, skeleton: str, mark: str, marks: list[str], contents: list[
     if any(mark in s.text for s in spans if s.template):
         return None
     text, specials, offset = "", [], 0
-    names = _special_strings(tokenizer)
+    names = _control_strings(tokenizer)
     for s in spans:
         if s.template:
             specials += [(offset + a, offset + b) for a, b in _find_specials(s.text, names)]
@@ -112,6 +112,15 @@ def _special_strings(tokenizer) -> list[str]:
     names = {t.content for t in decoder.values() if getattr(t, "special", False)}
     names |= set(getattr(tokenizer, "all_special_tokens", []) or [])
     return sorted((n for n in names if n), key=len, reverse=True)
+
+
+def _control_strings(tokenizer) -> list[str]:
+    """The strings a chat template may use as control tokens, longest first: the special tokens,
+    and the added tokens the tokenizer does not mark special (some models' turn markers are such
+    tokens; `split_special_tokens` leaves them whole). Whitespace-only added tokens are text."""
+    decoder = getattr(tokenizer, "added_tokens_decoder", None) or {}
+    loose = {t.content for t in decoder.values() if not getattr(t, "special", False) and t.content.strip()}
+    return sorted(set(_special_strings(tokenizer)) | loose, key=len, reverse=True)
 
 
 def _find_specials(text: str, names: list[str]) -> list[tuple[int, int]]:
@@ -135,22 +144,74 @@ def prompt_ids(tokenizer, prompt: Prompt) -> list[int]:
         return encode(tokenizer, prompt)
     if not isinstance(prompt, Rendered):
         prompt = render(tokenizer, prompt)
+    if not getattr(tokenizer, "is_fast", False):
+        # A slow (Python) tokenizer gives no offsets, so the whole-text call cannot be checked:
+        # tokenize the pieces, which is always safe.
+        return _pieces_encoding(tokenizer, prompt, offsets=False)[0]
     return rendered_encoding(tokenizer, prompt)[0]
 
 
 def rendered_encoding(tokenizer, rendered: Rendered) -> tuple[list[int], list[int]]:
     """The token ids of a `Rendered` prompt and the character offset where each token starts
-    (SFT uses the offsets to find the assistant's tokens)."""
+    (SFT uses the offsets to find the assistant's tokens). Needs a fast tokenizer (offsets)."""
+    if not getattr(tokenizer, "is_fast", False):
+        raise EngineError("this tokenizer gives no character offsets (a slow, Python tokenizer)",
+                          fix="use the model's fast tokenizer (a tokenizer.json), as SFT needs offsets")
+    # The whole text in one call, as the model was trained on it, whenever that call makes special
+    # tokens at the template's special tokens and nowhere else (content without special-token
+    # strings). Tokenizing pieces apart is not always the same: a sentencepiece pre-tokenizer that
+    # marks only the text's start ("first") marks every piece, and a special token that strips
+    # the whitespace next to it (rstrip/lstrip) leaves that whitespace to the next piece.
+    enc = tokenizer(rendered.text, add_special_tokens=False, return_offsets_mapping=True)
+    ids, offsets = list(enc["input_ids"]), enc["offset_mapping"]
+    if _specials_only_at_template(tokenizer, rendered, ids, offsets):
+        return ids, [start for start, _ in offsets]
+    return _pieces_encoding(tokenizer, rendered)
+
+
+def _specials_only_at_template(tokenizer, rendered: Rendered, ids: list[int], offsets) -> bool:
+    """Whether the special tokens of a plain tokenization are exactly the template's, in order (a
+    special token may also cover whitespace next to it, which it strips)."""
+    text = rendered.text
+    used = {text[a:b] for a, b in rendered.specials}
+    names = {tokenizer.convert_tokens_to_ids(n): n for n in set(_special_strings(tokenizer)) | used}
+    # Every special id counts, whatever text it came from (a special token matched after the
+    # tokenizer's normalizer, e.g. lowercasing, is not its literal string); only the unknown
+    # token is also made by ordinary words.
+    unk = getattr(tokenizer, "unk_token_id", None)
+    found = [(s, e) for i, (s, e) in zip(ids, offsets, strict=True)
+             if i in names and (i != unk or names[i] in text[s:e])]
+    if len(found) != len(rendered.specials):
+        return False
+    return all(s <= a and b <= e and not text[s:a].strip() and not text[b:e].strip()
+               for (s, e), (a, b) in zip(found, rendered.specials, strict=True))
+
+
+def _pieces_encoding(tokenizer, rendered: Rendered, offsets: bool = True) -> tuple[list[int], list[int]]:
+    """The template's special tokens tokenized alone, every other piece with special-token strings
+    kept as text: content that contains special-token strings can add no special token."""
     ids: list[int] = []
     starts: list[int] = []
+    # The template's control token ids, each with its string.
+    control = {i: rendered.text[a:b] for a, b in rendered.specials
+               for i in tokenizer(rendered.text[a:b], add_special_tokens=False)["input_ids"]}
 
     def add(a: int, b: int, special: bool) -> None:
         if a == b:
             return
         enc = tokenizer(rendered.text[a:b], add_special_tokens=False, split_special_tokens=not special,
-                        return_offsets_mapping=True)
+                        return_offsets_mapping=offsets)
+        if not special and (forged := [control[i] for i in enc["input_ids"] if i in control]):
+            # An added token the tokenizer does not mark special stays whole even so: refuse
+            # rather than let content write the template's control token.
+            raise EngineError(
+                f"message content (or text appended to a rendered prompt) contains {forged[0]!r}, a control "
+                "token of this model's chat template that its tokenizer does not mark special, so it cannot "
+                "be kept as text",
+                fix="remove that string from the content, or mark the token special in the tokenizer's config")
         ids.extend(enc["input_ids"])
-        starts.extend(a + start for start, _ in enc["offset_mapping"])
+        if offsets:
+            starts.extend(a + start for start, _ in enc["offset_mapping"])
 
     pos = 0
     for a, b in rendered.specials:
