@@ -129,3 +129,20 @@ def test_real_judge_eval_is_quiet_and_its_json_parses(tmp_path):
     loud = judge_eval("loud", "--verbose")
     assert "WARNING" in loud.stderr and "Loading safetensors" in loud.stderr
     assert not (tmp_path / "loud" / "cai.log").exists()
+
+
+def test_ctrl_c_in_a_stage_says_how_to_resume_on_the_terminal(tmp_path):
+    # typer turns a KeyboardInterrupt inside a command into a silent exit 130: the console script
+    # must still say, on the terminal (not in cai.log), that finished records are kept.
+    (tmp_path / "p.jsonl").write_text('{"prompt": "hi"}\n')
+    code = ("import sys, cai.cli.revise as r\n"
+            "def stop(*a, **k): raise KeyboardInterrupt\n"
+            "r.run_revise = stop\n"
+            "sys.argv = ['cai', 'revise', '--prompts', 'p.jsonl', '--out', 'run']\n"
+            "from cai.cli import main; main()\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                       env={**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}, timeout=120)
+    assert r.returncode == 130
+    assert (tmp_path / "run" / "cai.log").exists()  # the stage had captured fds 1 and 2
+    assert "Interrupted. Finished records are saved" in r.stderr
+    assert "Traceback" not in r.stderr + r.stdout
