@@ -146,3 +146,18 @@ def test_ctrl_c_in_a_stage_says_how_to_resume_on_the_terminal(tmp_path):
     assert (tmp_path / "run" / "cai.log").exists()  # the stage had captured fds 1 and 2
     assert "Interrupted. Finished records are saved" in r.stderr
     assert "Traceback" not in r.stderr + r.stdout
+
+
+def test_a_bug_prints_its_traceback_unwrapped_on_the_terminal_and_in_the_log(tmp_path):
+    (tmp_path / "p.jsonl").write_text('{"prompt": "hi"}\n')
+    code = ("import sys, cai.cli.revise as r\n"
+            "def bug(*a, **k): raise RuntimeError('a bug ' + 'x' * 100)\n"
+            "r.run_revise = bug\n"
+            "sys.argv = ['cai', 'revise', '--prompts', 'p.jsonl', '--out', 'run']\n"
+            "from cai.cli import main; main()\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120,
+                       env={**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "COLUMNS": "60"})
+    assert r.returncode == 1
+    line = "RuntimeError: a bug " + "x" * 100
+    assert line in r.stderr.splitlines()  # one line, as Python wrote it, not cut at the console width
+    assert line in (tmp_path / "run" / "cai.log").read_text().splitlines()

@@ -80,7 +80,7 @@ def main() -> None:
     except Exception:
         # A bug, not a user error: the traceback goes to the terminal (and the log, if any).
         text = traceback.format_exc()
-        terminal.err.print(text, markup=False, highlight=False, end="")
+        terminal.err.print(text, markup=False, highlight=False, soft_wrap=True, end="")  # lines unbroken
         if terminal.err.file is not sys.stderr:
             with contextlib.suppress(OSError):
                 sys.stderr.write(text)
