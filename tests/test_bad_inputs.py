@@ -62,7 +62,7 @@ CASES: list[tuple[str, list[str], list[str], str | None]] = [
     ("principles-disable-unknown", ["principles", "show", "{bad}/principles_disable_unknown.yaml"],
      ["principles_disable_unknown.yaml:4", "no-such-principle"], None),
     ("principles-not-utf8", ["principles", "show", "{bad}/principles_not_utf8.yaml"],
-     ["principles_not_utf8.yaml"], None),
+     ["principles_not_utf8.yaml:4"], None),
     ("principles-missing-file", ["principles", "show", "{bad}/no_such_principles.yaml"],
      ["no_such_principles.yaml"], None),
     ("revise-bad-principles", revise("--constitution", "{bad}/principles_unknown_key.yaml"),
