@@ -193,3 +193,14 @@ def test_stale_rewrite_on_a_full_disk_is_a_located_error_and_leaves_the_store(tm
         JsonlStore(p, current_keys={"a": "1b", "b": "2"})
     assert p.read_bytes() == before
     assert not (tmp_path / "r.jsonl.tmp").exists()
+
+
+def test_stale_archive_cut_by_a_crash_keeps_the_next_dropped_line_whole(tmp_path):
+    p = tmp_path / "r.jsonl"
+    with JsonlStore(p) as s:
+        s.extend([{"id": "a", "key": "1"}, {"id": "b", "key": "2"}])
+    line_a = p.read_text().splitlines(keepends=True)[0]
+    (tmp_path / "r.jsonl.stale").write_text('{"id": "old", "ke')  # killed while archiving earlier
+    with JsonlStore(p, current_keys={"a": "1b", "b": "2"}):
+        pass
+    assert (tmp_path / "r.jsonl.stale").read_text() == '{"id": "old", "ke\n' + line_a
