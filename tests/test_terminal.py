@@ -161,3 +161,24 @@ def test_a_bug_prints_its_traceback_unwrapped_on_the_terminal_and_in_the_log(tmp
     line = "RuntimeError: a bug " + "x" * 100
     assert line in r.stderr.splitlines()  # one line, as Python wrote it, not cut at the console width
     assert line in (tmp_path / "run" / "cai.log").read_text().splitlines()
+
+
+def test_a_log_on_a_full_disk_does_not_stop_the_stage(tmp_path):
+    # cai.log on a full disk (/dev/full: every write fails with ENOSPC): a library's warning,
+    # print or log line must not raise inside the library; cai's own lines still show.
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "cai.log").symlink_to("/dev/full")
+    code = textwrap.dedent("""
+        import logging, sys, warnings
+        from cai import terminal
+        terminal.enable(verbose=False)
+        terminal.capture(sys.argv[1])
+        warnings.warn_explicit("LIB-WARNING", FutureWarning, "/site-packages/torch/x.py", 1)
+        print("LIBRARY-PRINT", flush=True)
+        logging.getLogger("vllm").warning("VLLM-LINE")
+        terminal.err.print("STAGE-DONE")
+    """)
+    r = subprocess.run([sys.executable, "-c", code, str(run)], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert r.returncode == 0 and "STAGE-DONE" in r.stderr, r.stderr
