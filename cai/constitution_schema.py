@@ -162,8 +162,9 @@ def read_file(path: Path, errors: list[ConstitutionError]) -> FileDef:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
+        line = e.object[: e.start].count(b"\n") + 1  # the line of the bad byte, as for prompt files
         errors.append(ConstitutionError(f"not UTF-8 text: {e.reason} at byte {e.start}",
-                                        Location(fd.display), fix="save the file as UTF-8"))
+                                        Location(fd.display, line), fix="save the file as UTF-8"))
         return fd
     except OSError as e:
         errors.append(ConstitutionError(f"cannot read the file: {e.strerror}", Location(fd.display)))

@@ -133,8 +133,24 @@ def check_folder(path: Path) -> None:
     if not weights and not any(any(path.glob(f"*{suffix}")) for suffix in (".bin", ".pth", ".ckpt")):
         raise ModelNotFoundError(f"{path} has no weights (no *.safetensors, *.bin, *.pth or *.ckpt file)",
                                  Location(str(path)), fix=FOLDER_FIX)
+    _check_shards(path)
     for f in weights:
         _check_safetensors(f)
+
+
+def _check_shards(path: Path) -> None:
+    """A sharded checkpoint's index names every shard: one missing (a copy or download that
+    stopped partway) would fail only after the other shards loaded."""
+    for index in (path / "model.safetensors.index.json", path / "pytorch_model.bin.index.json"):
+        try:
+            shards = set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values())
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue  # no index, or one the loader will judge itself
+        missing = sorted(s for s in shards if not (path / s).is_file())
+        if missing:
+            raise ModelNotFoundError(f"{len(missing)} of the {len(shards)} weight shards listed in {index.name} "
+                                     f"are missing: {', '.join(missing[:3])}" + (" ..." if len(missing) > 3 else ""),
+                                     Location(str(index)), fix=FOLDER_FIX)
 
 
 def _check_safetensors(f: Path) -> None:

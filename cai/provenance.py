@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from typing import Any
 
 import cai
@@ -21,8 +22,21 @@ def key(*parts: Any) -> str:
     """A stable hash of a record's inputs: equal keys mean the record would be made the same way,
     so a later pipeline can tell which records an edit (to a prompt, a principle, a setting)
     makes stale."""
-    blob = json.dumps(parts, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return hashlib.sha256(_dumps(parts).encode()).hexdigest()[:16]
+
+
+def rows_key(rows: Iterable[Any]) -> str:
+    """`key(list(rows))`, computed row by row: the hash of a training set (a million tokenized
+    rows) without building its whole JSON text in memory (gigabytes) first."""
+    h = hashlib.sha256(b"[[")
+    for i, row in enumerate(rows):
+        h.update((b"," if i else b"") + _dumps(row).encode())
+    h.update(b"]]")
+    return h.hexdigest()[:16]
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
 
 
 def derive_seed(run_seed: int, *parts: Any) -> int:

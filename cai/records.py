@@ -221,16 +221,29 @@ def _drop_lines(path: Path, key: str, gone: set[str]) -> None:
     if not gone:
         return
     tmp = path.with_name(path.name + ".tmp")
-    with path.open(encoding="utf-8") as src, tmp.open("w", encoding="utf-8") as f, \
-            stale_archive(path).open("a", encoding="utf-8") as archive:
-        for line in src:
-            if not line.strip():
-                continue
-            (archive if str(json.loads(line)[key]) in gone else f).write(line)
-        for out in (archive, f):
-            out.flush()
-            os.fsync(out.fileno())
-    tmp.replace(path)
+    try:
+        with path.open(encoding="utf-8") as src, tmp.open("w", encoding="utf-8") as f, \
+                stale_archive(path).open("a", encoding="utf-8") as archive:
+            if archive.tell() and not _ends_with_newline(archive.name):
+                archive.write("\n")  # a crash cut the archive's last line: don't glue the next one to it
+            for line in src:
+                if not line.strip():
+                    continue
+                (archive if str(json.loads(line)[key]) in gone else f).write(line)
+            for out in (archive, f):
+                out.flush()
+                os.fsync(out.fileno())
+        tmp.replace(path)
+    except OSError as e:
+        # A full disk: the store is untouched; don't leave a partial copy of it taking the space.
+        tmp.unlink(missing_ok=True)
+        raise write_error(e.filename or path, e) from e
+
+
+def _ends_with_newline(path: str) -> bool:
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
 
 
 TORN_WRITE_ENV = "CAI_CHAOS_TORN_WRITE"

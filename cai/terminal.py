@@ -14,6 +14,7 @@ typer's CliRunner, notebooks) keep their streams untouched.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import warnings
@@ -66,9 +67,32 @@ def capture(run_dir: Path | str | None) -> Path | None:
     os.dup2(fd, 1)
     if log is not None:
         os.dup2(fd, 2)
+        sys.stdout, sys.stderr = _BestEffort(sys.stdout), _BestEffort(sys.stderr)
     os.close(fd)
     _state["captured"] = True
     return log
+
+
+class _BestEffort:
+    """A Python stream into cai.log whose writes never raise: on a full disk a library's print,
+    warning or progress bar must not stop the stage (the stage's own writes fail with an error
+    naming their file). C-level writes to the descriptor ignore such errors already."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except OSError:
+            return len(text)
+
+    def flush(self) -> None:
+        with contextlib.suppress(OSError):
+            self._stream.flush()
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
 
 
 def is_own_warning(category: type[Warning], filename: str) -> bool:

@@ -398,10 +398,10 @@ def training_inputs(models: dict[str, str | Path], data: dict[str, Any]) -> dict
     the same path keeps its path too). Resuming, or reusing a finished run, after either changed
     would silently mix two runs."""
     from cai import models as models_mod
-    from cai.provenance import key
+    from cai.provenance import rows_key
 
     return {"model_fingerprints": {role: models_mod.fingerprint(p) for role, p in models.items()},
-            "data_hashes": {role: key(rows) for role, rows in data.items()}}
+            "data_hashes": {role: rows_key(rows) for role, rows in data.items()}}
 
 
 def finished_run(out: Path, cfg: Any, inputs: dict[str, Any] | None = None) -> dict[str, Any] | None:

@@ -161,7 +161,8 @@ def compare_training(ref: Path, got: Path) -> dict:
     a, b = weights(ref), weights(got)
     same_names = set(a) == set(b)
     max_diff = max(((a[k].float() - b[k].float()).abs().max().item() for k in a if k in b), default=float("nan"))
-    equal = same_names and all(a[k].dtype == b[k].dtype and bool((a[k] == b[k]).all()) for k in a)
+    # No final weights on either side (a run that saved none, or under another name) is not "equal".
+    equal = bool(a) and same_names and all(a[k].dtype == b[k].dtype and bool((a[k] == b[k]).all()) for k in a)
     return {"tensors": len(a), "weights_equal": equal, "max_abs_diff": max_diff,
             "losses_equal": losses(ref) == losses(got)}
 

@@ -62,7 +62,7 @@ CASES: list[tuple[str, list[str], list[str], str | None]] = [
     ("principles-disable-unknown", ["principles", "show", "{bad}/principles_disable_unknown.yaml"],
      ["principles_disable_unknown.yaml:4", "no-such-principle"], None),
     ("principles-not-utf8", ["principles", "show", "{bad}/principles_not_utf8.yaml"],
-     ["principles_not_utf8.yaml"], None),
+     ["principles_not_utf8.yaml:4"], None),
     ("principles-missing-file", ["principles", "show", "{bad}/no_such_principles.yaml"],
      ["no_such_principles.yaml"], None),
     ("revise-bad-principles", revise("--constitution", "{bad}/principles_unknown_key.yaml"),
@@ -194,6 +194,10 @@ def test_bad_input(tmp_path, case, argv, names, setup):
     # Output written by an earlier run, which the failed run must leave byte for byte.
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "summary.json").write_text('{"note": "from an earlier run"}\n')
+    # What a resumed run could damage: its config, its inputs and its records.
+    (tmp_path / "out" / "config.yaml").write_text("note: from an earlier run\n")
+    (tmp_path / "out" / "inputs.json").write_text('{"note": "from an earlier run"}\n')
+    (tmp_path / "out" / "records.jsonl").write_text('{"id": "earlier", "key": "k"}\n')
     if setup == "dataset":
         subs["dataset"] = str(hf_dataset(tmp_path))
     elif setup == "full_disk":

@@ -50,3 +50,22 @@ def test_compare_store_counts_lost_duplicated_and_different_ignoring_timings(tmp
         {"id": "a", "text": "1", "seconds": 9.0}, {"id": "b", "text": "X"}, {"id": "b", "text": "X"}]))
     assert chaos.compare_store(ref, got, "id") == {"records": 3, "lost": 1, "duplicated": 1, "different": 1,
                                                    "extra": 0}
+
+
+def test_compare_training_needs_final_weights_to_call_two_runs_equal(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    ref, got = tmp_path / "ref", tmp_path / "got"
+    for d in (ref, got):
+        d.mkdir()
+        (d / "metrics.jsonl").write_text('{"step": 1, "loss": 0.5}\n')
+    # Neither run left final weights (only checkpoints, which are not compared): not "equal".
+    for d in (ref, got):
+        (d / "step-1").mkdir()
+        save_file({"w": torch.zeros(2)}, str(d / "step-1" / "model.safetensors"))
+    assert chaos.compare_training(ref, got)["weights_equal"] is False
+    save_file({"w": torch.ones(2)}, str(ref / "model.safetensors"))
+    save_file({"w": torch.ones(2)}, str(got / "model.safetensors"))
+    assert chaos.compare_training(ref, got) | {"max_abs_diff": 0} == {
+        "tensors": 1, "weights_equal": True, "max_abs_diff": 0, "losses_equal": True}

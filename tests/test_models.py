@@ -134,3 +134,24 @@ def test_fingerprint_sees_every_weight_format_a_backend_loads(tmp_path, name):
     base = models.fingerprint(tmp_path)
     (tmp_path / name).write_bytes(b"\1" * 4096)
     assert models.fingerprint(tmp_path) != base
+
+
+def test_a_sharded_folder_missing_a_shard_is_refused_naming_it(tmp_path):
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    from cai.errors import ModelNotFoundError
+    from cai.models import check_folder
+
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "tokenizer.json").write_text("{}")
+    save_file({"a": torch.zeros(2)}, str(tmp_path / "model-00001-of-00002.safetensors"))
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {
+        "a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}))
+    with pytest.raises(ModelNotFoundError, match=r"model.safetensors.index.json: 1 of the 2 weight shards listed "
+                                                 r"in model.safetensors.index.json are missing: model-00002-of-00002"):
+        check_folder(tmp_path)
+    save_file({"b": torch.zeros(2)}, str(tmp_path / "model-00002-of-00002.safetensors"))
+    check_folder(tmp_path)

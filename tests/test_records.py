@@ -172,3 +172,35 @@ def test_opening_a_large_store_streams_it(tmp_path):
     assert len(s.stale) == 2500 and len(s) == 2500
     assert [json.loads(x)["id"] for x in p.read_text().splitlines()] == [f"r{i}" for i in range(1, 5000, 2)]
     assert peak < 5_000_000, f"peak {peak / 1e6:.0f} MB for a 20 MB store"
+
+
+def test_stale_rewrite_on_a_full_disk_is_a_located_error_and_leaves_the_store(tmp_path, monkeypatch):
+    import errno
+
+    from cai import records
+    from cai.errors import OutputError
+
+    p = tmp_path / "r.jsonl"
+    with JsonlStore(p) as s:
+        s.extend([{"id": "a", "key": "1"}, {"id": "b", "key": "2"}])
+    before = p.read_bytes()
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(records.os, "fsync", full)
+    with pytest.raises(OutputError, match=rf"{p}: cannot write: No space left on device[\s\S]*fix: free some disk"):
+        JsonlStore(p, current_keys={"a": "1b", "b": "2"})
+    assert p.read_bytes() == before
+    assert not (tmp_path / "r.jsonl.tmp").exists()
+
+
+def test_stale_archive_cut_by_a_crash_keeps_the_next_dropped_line_whole(tmp_path):
+    p = tmp_path / "r.jsonl"
+    with JsonlStore(p) as s:
+        s.extend([{"id": "a", "key": "1"}, {"id": "b", "key": "2"}])
+    line_a = p.read_text().splitlines(keepends=True)[0]
+    (tmp_path / "r.jsonl.stale").write_text('{"id": "old", "ke')  # killed while archiving earlier
+    with JsonlStore(p, current_keys={"a": "1b", "b": "2"}):
+        pass
+    assert (tmp_path / "r.jsonl.stale").read_text() == '{"id": "old", "ke\n' + line_a

@@ -129,3 +129,56 @@ def test_real_judge_eval_is_quiet_and_its_json_parses(tmp_path):
     loud = judge_eval("loud", "--verbose")
     assert "WARNING" in loud.stderr and "Loading safetensors" in loud.stderr
     assert not (tmp_path / "loud" / "cai.log").exists()
+
+
+def test_ctrl_c_in_a_stage_says_how_to_resume_on_the_terminal(tmp_path):
+    # typer turns a KeyboardInterrupt inside a command into a silent exit 130: the console script
+    # must still say, on the terminal (not in cai.log), that finished records are kept.
+    (tmp_path / "p.jsonl").write_text('{"prompt": "hi"}\n')
+    code = ("import sys, cai.cli.revise as r\n"
+            "def stop(*a, **k): raise KeyboardInterrupt\n"
+            "r.run_revise = stop\n"
+            "sys.argv = ['cai', 'revise', '--prompts', 'p.jsonl', '--out', 'run']\n"
+            "from cai.cli import main; main()\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path,
+                       env={**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"}, timeout=120)
+    assert r.returncode == 130
+    assert (tmp_path / "run" / "cai.log").exists()  # the stage had captured fds 1 and 2
+    assert "Interrupted. Finished records are saved" in r.stderr
+    assert "Traceback" not in r.stderr + r.stdout
+
+
+def test_a_bug_prints_its_traceback_unwrapped_on_the_terminal_and_in_the_log(tmp_path):
+    (tmp_path / "p.jsonl").write_text('{"prompt": "hi"}\n')
+    code = ("import sys, cai.cli.revise as r\n"
+            "def bug(*a, **k): raise RuntimeError('a bug ' + 'x' * 100)\n"
+            "r.run_revise = bug\n"
+            "sys.argv = ['cai', 'revise', '--prompts', 'p.jsonl', '--out', 'run']\n"
+            "from cai.cli import main; main()\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=120,
+                       env={**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "COLUMNS": "60"})
+    assert r.returncode == 1
+    line = "RuntimeError: a bug " + "x" * 100
+    assert line in r.stderr.splitlines()  # one line, as Python wrote it, not cut at the console width
+    assert line in (tmp_path / "run" / "cai.log").read_text().splitlines()
+
+
+def test_a_log_on_a_full_disk_does_not_stop_the_stage(tmp_path):
+    # cai.log on a full disk (/dev/full: every write fails with ENOSPC): a library's warning,
+    # print or log line must not raise inside the library; cai's own lines still show.
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "cai.log").symlink_to("/dev/full")
+    code = textwrap.dedent("""
+        import logging, sys, warnings
+        from cai import terminal
+        terminal.enable(verbose=False)
+        terminal.capture(sys.argv[1])
+        warnings.warn_explicit("LIB-WARNING", FutureWarning, "/site-packages/torch/x.py", 1)
+        print("LIBRARY-PRINT", flush=True)
+        logging.getLogger("vllm").warning("VLLM-LINE")
+        terminal.err.print("STAGE-DONE")
+    """)
+    r = subprocess.run([sys.executable, "-c", code, str(run)], capture_output=True, text=True, timeout=120,
+                       env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert r.returncode == 0 and "STAGE-DONE" in r.stderr, r.stderr

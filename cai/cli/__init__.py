@@ -63,8 +63,14 @@ def main() -> None:
         _print_error(str(e))
         sys.exit(1)
     except KeyboardInterrupt:
-        err_console.print("Interrupted. Finished records are saved; run the same command again to resume.")
+        _say_interrupted()
         sys.exit(130)
+    except SystemExit as e:
+        # typer turns Ctrl-C inside a command into a silent exit 130 (and click would print
+        # "Aborted!" to stderr, which is cai.log once captured): say it on the terminal.
+        if e.code == 130 and _caused_by_interrupt(e):
+            _say_interrupted()
+        raise
     except OSError as e:
         # A write or read the library did not wrap (a full disk inside a library's save, ...).
         where = f"{e.filename}: " if e.filename else ""
@@ -74,11 +80,26 @@ def main() -> None:
     except Exception:
         # A bug, not a user error: the traceback goes to the terminal (and the log, if any).
         text = traceback.format_exc()
-        terminal.err.print(text, markup=False, highlight=False, end="")
+        terminal.err.print(text, markup=False, highlight=False, soft_wrap=True, end="")  # lines unbroken
         if terminal.err.file is not sys.stderr:
             with contextlib.suppress(OSError):
                 sys.stderr.write(text)
         sys.exit(1)
+
+
+def _caused_by_interrupt(e: BaseException) -> bool:
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, KeyboardInterrupt):
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def _say_interrupted() -> None:
+    err_console.print("Interrupted. Finished records are saved; run the same command again to resume.",
+                      markup=False, highlight=False)
 
 
 def _print_error(message: str) -> None:
