@@ -24,9 +24,11 @@ from cai.engine.fake import FakeEngine
 
 # --- Nothing reads outside the clone --------------------------------------------------------------
 
-# A path to the folder the project's data once came from: "../shared", "/work/shared", or
-# "shared" joined as a path component in code (REPO.parent / "shared" / "data").
-OUTSIDE = re.compile(r"\.\./shared\b|/work/shared\b|/\s*[\"']shared[\"']|[\"']shared[\"']\s*/")
+# A path to the folder the project's data once came from, beside the clone: "../<NAME>",
+# "/work/<NAME>", or <NAME> joined as a path component in code (REPO.parent / "<NAME>" / "data").
+# The name is assembled here so that this file itself holds no such path.
+NAME = "sha" "red"
+OUTSIDE = re.compile(rf"\.\./{NAME}\b|/work/{NAME}\b|/\s*[\"']{NAME}[\"']|[\"']{NAME}[\"']\s*/")
 SCANNED = ("cai", "tests", "scripts", "examples", "docs", ".ci")
 TEXT = {".py", ".md", ".sh", ".yaml", ".yml", ".toml", ".txt", ".cfg", ""}
 
@@ -37,8 +39,7 @@ def repository_text_files() -> list[Path]:
         for dirpath, dirnames, filenames in os.walk(REPO / top):
             dirnames[:] = [d for d in dirnames if d != "__pycache__"]
             files += [Path(dirpath) / f for f in filenames if Path(f).suffix in TEXT]
-    # This file spells the patterns out: it is the one place allowed to.
-    return [f for f in files if f.resolve() != Path(__file__).resolve()]
+    return files
 
 
 def test_no_file_reads_a_folder_beside_the_clone():
@@ -50,13 +51,13 @@ def test_no_file_reads_a_folder_beside_the_clone():
 
 
 @pytest.mark.parametrize("line", [
-    'SHARED_DATA = REPO.parent / "shared" / "data"',
-    "HH = Path(__file__).resolve().parents[2] / 'shared' / 'data' / 'pairs.jsonl'",
-    "cai judge eval --pairs ../shared/data/hh-rlhf-harmless-dev/pairs.jsonl",
-    "DATA = '/work/shared/data'",
+    'SHARED_DATA = REPO.parent / "{n}" / "data"',
+    "HH = Path(__file__).resolve().parents[2] / '{n}' / 'data' / 'pairs.jsonl'",
+    "cai judge eval --pairs ../{n}/data/hh-rlhf-harmless-dev/pairs.jsonl",
+    "DATA = '/work/{n}/data'",
 ])
 def test_the_scan_catches_every_way_the_old_code_wrote_it(line):
-    assert OUTSIDE.search(line)
+    assert OUTSIDE.search(line.format(n=NAME))
 
 
 @pytest.mark.parametrize("line", [
