@@ -41,6 +41,22 @@ def test_vllm_generate_order_counts_and_budget(vllm_engine):
 
 
 @pytest.mark.engine
+def test_closing_a_second_engine_leaves_the_first_working(vllm_engine, default_model_path):
+    """In-process vLLM engines share global distributed state, which vLLM's shutdown destroys:
+    PPO closes its judge engine beside the rollout engine, and tests close module engines
+    beside the session's (this once failed a later test with "pipeline model parallel group is
+    not initialized")."""
+    from cai.engine.vllm import VLLMEngine
+
+    before = vllm_engine.generate(PROMPTS[:2], GREEDY)
+    second = VLLMEngine(default_model_path, EngineConfig(backend="vllm", max_model_len=512, seed=0),
+                        model_name="default")
+    assert second.generate(PROMPTS[:1], Sampling(max_tokens=2, temperature=0.0, seed=0))[0].completion_tokens > 0
+    second.close()
+    assert [o.text for o in vllm_engine.generate(PROMPTS[:2], GREEDY)] == [o.text for o in before]
+
+
+@pytest.mark.engine
 def test_vllm_seeds_make_samples_reproducible_and_batch_independent(vllm_engine):
     s = Sampling(max_tokens=16, temperature=1.0, seed=0)
     alone = vllm_engine.generate([PROMPTS[3]], s, seeds=[123])

@@ -31,6 +31,11 @@ def _cpu_defaults(cfg: EngineConfig) -> None:
 # then hold the longest prompt.
 _CPU_ENGINE_ARGS = {"enable_chunked_prefill": False}
 
+# In-process engines (the CPU default, VLLM_ENABLE_V1_MULTIPROCESSING=0) share vLLM's global
+# distributed state, and closing any one of them tears it down ("pipeline model parallel group is
+# not initialized" on the next call of every other). Counted so that only the last one cleans up.
+_live_engines = 0
+
 
 class VLLMEngine(tokens.TokenizerMixin, Engine):
     def __init__(self, model_path: str, cfg: EngineConfig, model_name: str | None = None):
@@ -64,6 +69,8 @@ class VLLMEngine(tokens.TokenizerMixin, Engine):
             trust_remote_code=cfg.trust_remote_code,
             **({} if torch.cuda.is_available() else _CPU_ENGINE_ARGS),
         )
+        global _live_engines
+        _live_engines += 1
         self.tokenizer = self.llm.get_tokenizer()
 
     @property
@@ -181,11 +188,30 @@ class VLLMEngine(tokens.TokenizerMixin, Engine):
     def close(self) -> None:
         import gc
 
+        global _live_engines
         llm = getattr(self, "llm", None)
         if llm is not None:
+            _live_engines -= 1
+            self.llm = None
             try:
-                llm.llm_engine.engine_core.shutdown()
+                _shutdown(llm, keep_shared_state=_live_engines > 0)
             except Exception:  # shutdown differs across vLLM versions; best effort
                 pass
-            self.llm = None
         gc.collect()
+
+
+def _shutdown(llm, keep_shared_state: bool) -> None:
+    """Stop one engine; with keep_shared_state, leave the distributed state that other live
+    in-process engines still use (vLLM's EngineCore.shutdown would destroy it)."""
+    import gc
+
+    from vllm.v1.engine import core
+
+    cleanup = getattr(core, "cleanup_dist_env_and_memory", None)
+    if keep_shared_state and cleanup is not None:
+        core.cleanup_dist_env_and_memory = lambda *a, **k: gc.collect()
+    try:
+        llm.llm_engine.engine_core.shutdown()
+    finally:
+        if cleanup is not None:
+            core.cleanup_dist_env_and_memory = cleanup
