@@ -11,6 +11,9 @@ A refactor that must not change behaviour runs this before and after and compare
     python scripts/seeded_outputs.py --compare before.json after.json
 
 Model weights are hashed as written (safetensors), so "identical" means bit-identical training.
+The run always happens in one fixed folder (RUN_DIR), because some recorded values depend on
+where the inputs lie (a training set's hash includes each row's file and line), and is then
+copied to --work; run it under the heavy-job lock so two runs never share that folder.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 # Fields whose values depend on the clock, the machine or where the run folder lives.
 VOLATILE = re.compile(r"(time|seconds|elapsed|wall|date|created|started|finished_at|host|pid|per_s|"
                       r"_at$|^path$|_path$|^out$|^dir$|version_info|python|platform|cpu|load)", re.I)
+RUN_DIR = Path("/tmp/cai-seeded-run")
 SKIP_FILES = re.compile(r"(\.log$|\.lock$|events\.out\.tfevents)")
 
 
@@ -43,6 +47,8 @@ def scrub(value, root: str):
 
 def digest(path: Path, root: str) -> str:
     data = path.read_bytes()
+    if path.suffix in (".yaml", ".yml"):
+        data = data.decode().replace(root, "<work>").encode()
     if path.suffix in (".json", ".jsonl"):
         text = data.decode()
         if path.suffix == ".json":
@@ -92,7 +98,7 @@ def compare(a: Path, b: Path) -> int:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--work", type=Path, help="an empty or absent folder for the run")
+    ap.add_argument("--work", type=Path, help="where to copy the finished run (replaced)")
     ap.add_argument("--manifest", type=Path, help="where to write the manifest (JSON)")
     ap.add_argument("--compare", type=Path, nargs=2, metavar=("A", "B"))
     args = ap.parse_args()
@@ -100,10 +106,12 @@ def main() -> int:
         return compare(*args.compare)
     if not (args.work and args.manifest):
         ap.error("give --work and --manifest, or --compare A B")
+    shutil.rmtree(RUN_DIR, ignore_errors=True)
+    RUN_DIR.mkdir(parents=True)
+    run(RUN_DIR)
+    args.manifest.write_text(json.dumps(manifest(RUN_DIR), indent=1, sort_keys=True) + "\n")
     shutil.rmtree(args.work, ignore_errors=True)
-    args.work.mkdir(parents=True)
-    run(args.work)
-    args.manifest.write_text(json.dumps(manifest(args.work), indent=1, sort_keys=True) + "\n")
+    shutil.copytree(RUN_DIR, args.work)
     print(f"{args.manifest}: {len(json.loads(args.manifest.read_text()))} files")
     return 0
 
