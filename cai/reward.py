@@ -23,7 +23,6 @@ import contextlib
 import json
 import math
 import random
-import re
 import time
 import warnings
 from collections.abc import Sequence
@@ -35,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from cai import models, records
+from cai.conversation import as_messages, parse_dialogue
 from cai.engine import tokens
 from cai.errors import ConfigError, InputError, Location, ModelNotFoundError, MultiError
 from cai.sft import load_tokenizer
@@ -128,45 +128,6 @@ class Pair:
     margin: float = 0.0
     id: str | None = None
     where: Location | None = None
-
-
-_TURN = re.compile(r"(?:^|\n\n)(Human|Assistant):")
-
-
-def parse_dialogue(text: str) -> list[Message]:
-    """An hh-rlhf style string ("\\n\\nHuman: ...\\n\\nAssistant: ...") as a conversation: Human
-    turns become user turns, Assistant turns assistant turns, text before the first marker a
-    system turn, and the empty last "Assistant:" cue is dropped. A string without markers is
-    one user turn."""
-    parts = _TURN.split(text)
-    if len(parts) == 1:
-        return [{"role": "user", "content": text.strip()}]
-    turns = [{"role": "system", "content": parts[0].strip()}] if parts[0].strip() else []
-    for marker, content in zip(parts[1::2], parts[2::2], strict=True):
-        turns.append({"role": "user" if marker == "Human" else "assistant", "content": content.strip()})
-    if turns and turns[-1]["role"] == "assistant" and not turns[-1]["content"]:
-        turns.pop()
-    return turns
-
-
-def as_messages(value: Any, column: str, where: Location | None, *, is_prompt: bool) -> list[Message]:
-    """A prompt or response column as messages: a string (a dialogue for prompts, one assistant
-    reply for responses), one {role, content} dict, or a list of them."""
-    if isinstance(value, str):
-        return parse_dialogue(value) if is_prompt else [{"role": "assistant", "content": value.strip()}]
-    if isinstance(value, dict):
-        value = [value]
-    if isinstance(value, list) and value and all(
-            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-            for m in value):
-        bad = [m["role"] for m in value if m["role"] not in ("system", "user", "assistant")]
-        if bad:
-            raise InputError(f"column {column!r} has a message with role {bad[0]!r}", where,
-                             fix="roles are system, user and assistant")
-        return [{"role": m["role"], "content": m["content"]} for m in value]
-    raise InputError(f"column {column!r} must be a string or a non-empty list of {{role, content}} "
-                     f"messages, got {str(value)[:80]!r}", where,
-                     fix="write the text as a string, or as [{\"role\": ..., \"content\": ...}, ...]")
 
 
 def _number(value: Any, column: str, default: float, where: Location | None) -> float:
