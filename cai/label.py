@@ -48,7 +48,7 @@ from cai.export import DATASET_DIR, PREFS_FILE, pref_row, split_rows, write_data
 from cai.judge import (
     JudgeOptions,
     Judgment,
-    Pair,
+    ResponsePair,
     check_options,
     draw_principles,
     is_tie,
@@ -362,7 +362,7 @@ def sample_prompt_groups(cfg: LabelConfig, store: JsonlStore, records: list, eng
     return tokens
 
 
-def form_pairs(groups: list[Group]) -> tuple[list[tuple[Pair, Group, int, int]], list[Reject], int]:
+def form_pairs(groups: list[Group]) -> tuple[list[tuple[ResponsePair, Group, int, int]], list[Reject], int]:
     """The pairs to judge, in input order. Identical responses (after trimming) are skipped and
     counted, so chosen and rejected can never be the same text; empty ones are rejects."""
     pairs, rejects, identical = [], [], 0
@@ -380,7 +380,7 @@ def form_pairs(groups: list[Group]) -> tuple[list[tuple[Pair, Group, int, int]],
             elif a.text.strip() == b.text.strip():
                 identical += 1
             else:
-                pairs.append((Pair(pid, g.conversation, a.text, b.text), g, i, j))
+                pairs.append((ResponsePair(pid, g.conversation, a.text, b.text), g, i, j))
     return pairs, rejects, identical
 
 
@@ -496,7 +496,7 @@ def _judge_all(cfg: LabelConfig, c: Constitution, engine: Engine, judge: dict[st
     return len(pending), n_tokens
 
 
-def _judgment_record(cfg: LabelConfig, c: Constitution, judge: dict[str, Any], pair: Pair, group: Group, i: int,
+def _judgment_record(cfg: LabelConfig, c: Constitution, judge: dict[str, Any], pair: ResponsePair, group: Group, i: int,
                      j: int, jd: Judgment) -> dict[str, Any]:
     """The raw judgment, with everything needed to rebuild its preference row and its provenance."""
     return {

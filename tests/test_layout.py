@@ -245,8 +245,8 @@ def test_the_checks_read_all_of_cai():
     mods = package_modules(CAI)
     assert {"cai", "cai.cli", "cai.engine", "cai.engine.base", "cai.constitution", "cai.reward"} <= set(mods)
     graph = import_graph(CAI)
-    assert "cai.reward" in graph["cai.reward_eval"]
-    assert "cai.engine" in graph["cai.engine.vllm"] or "cai.engine.tokens" in graph["cai.engine.vllm"]
+    assert "cai.reward_eval" in graph["cai.reward"]  # a function-local import
+    assert "cai.engine.tokens" in graph["cai.engine.vllm"]
 
 
 # --- The checks find what they should (packages built in tmp_path) -----------------------------

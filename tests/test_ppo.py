@@ -18,11 +18,11 @@ from typer.testing import CliRunner
 
 from cai.cli import app
 from cai.engine.base import Completion, Engine, Sampling
+from cai.engine.deadline import call_with_timeout
 from cai.engine.fake import FakeEngine
 from cai.errors import ConfigError, EngineError, ResumeError
 from cai.ppo import LengthDriftWarning, PPOConfig, TrainingStopped, train_ppo
 from cai.rollout import (
-    call_with_timeout,
     compare_logprobs,
     layout,
     prompt_ids,
