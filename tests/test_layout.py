@@ -7,7 +7,10 @@
   importing `a.b.c` also runs the `__init__` of `a.b` (unless the importer is inside `a.b`).
   Imports under `if TYPE_CHECKING:` never run, so they make no edge.
 
-Each check is a function of a package folder, so the tests at the bottom also run it on small
+And the tests read on their own: no test module imports another test module, and no helper or
+fixture is written out in two of them (they live in tests/helpers.py and tests/conftest.py).
+
+Each check is a function of a package (or tests) folder, so the tests at the bottom also run it on small
 packages built in tmp_path, to show it finds what it should (it cannot pass by finding nothing).
 """
 
@@ -17,7 +20,8 @@ import ast
 from dataclasses import dataclass
 from pathlib import Path
 
-CAI = Path(__file__).resolve().parent.parent / "cai"
+TESTS = Path(__file__).resolve().parent
+CAI = TESTS.parent / "cai"
 MAX_FUNCTION_LINES = 80
 MAX_MODULE_LINES = 600
 
@@ -218,6 +222,28 @@ def _show_cycle(component: list[str], graph: dict[str, dict[str, int]], mods: di
     return " -> ".join(hops + [start])
 
 
+def cross_test_imports(folder: Path) -> list[str]:
+    """Every import of one test module by another (helpers belong in helpers.py or conftest.py)."""
+    names = {p.stem for p in folder.glob("test_*.py")}
+    out = []
+    for path in sorted(folder.glob("test_*.py")):
+        for imp in imports(_parse(path), path.stem, False):
+            if imp.module.split(".")[0] in names:
+                out.append(f"{path.name}:{imp.line} imports {imp.module}")
+    return out
+
+
+def repeated_helpers(folder: Path) -> list[str]:
+    """Top-level functions other than tests (helpers, fixtures) written the same way in two or
+    more test modules."""
+    seen: dict[str, list[str]] = {}
+    for path in sorted(folder.glob("test_*.py")):
+        for node in _parse(path).body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and not node.name.startswith("test"):
+                seen.setdefault(ast.dump(node), []).append(f"{path.name}:{node.lineno} {node.name}")
+    return [" = ".join(places) for places in seen.values() if len(places) > 1]
+
+
 # --- cai itself --------------------------------------------------------------------------------
 
 
@@ -247,6 +273,16 @@ def test_the_checks_read_all_of_cai():
     graph = import_graph(CAI)
     assert "cai.reward_eval" in graph["cai.reward"]  # a function-local import
     assert "cai.engine.tokens" in graph["cai.engine.vllm"]
+
+
+def test_no_test_module_imports_another():
+    found = cross_test_imports(TESTS)
+    assert not found, "move shared helpers to tests/helpers.py or conftest.py:\n" + "\n".join(found)
+
+
+def test_no_helper_or_fixture_is_written_in_two_test_modules():
+    found = repeated_helpers(TESTS)
+    assert not found, "move each to tests/helpers.py (helpers) or conftest.py (fixtures):\n" + "\n".join(found)
 
 
 # --- The checks find what they should (packages built in tmp_path) -----------------------------
@@ -336,3 +372,14 @@ def test_import_cycles_finds_a_submodule_that_imports_a_name_of_its_own_package(
     })
     assert import_graph(root)["pkg.sub.cmd"] == {"pkg.sub": 1, "pkg.sub.helpers": 1}
     assert import_cycles(root) == ["pkg.sub (pkg/sub/__init__.py:2) -> pkg.sub.cmd (pkg/sub/cmd.py:1) -> pkg.sub"]
+
+
+def test_the_tests_checks_find_cross_imports_and_repeated_helpers(tmp_path):
+    fixture = '@pytest.fixture(scope="module")\ndef one_thread():\n    yield\n'
+    (tmp_path / "test_a.py").write_text("import pytest\n\n" + fixture + "\ndef make(x):\n    return x\n")
+    (tmp_path / "test_b.py").write_text("import pytest\nfrom test_a import make\n\n" + fixture
+                                        + "\ndef make(x):\n    return x + 1\n\ndef test_x():\n    assert make(1)\n")
+    (tmp_path / "test_c.py").write_text("import sys\n\ndef test_y():\n    import test_a\n    assert test_a\n")
+    (tmp_path / "helpers.py").write_text("def make(x):\n    return x\n")
+    assert cross_test_imports(tmp_path) == ["test_b.py:2 imports test_a", "test_c.py:4 imports test_a"]
+    assert repeated_helpers(tmp_path) == ["test_a.py:4 one_thread = test_b.py:5 one_thread"]
