@@ -37,6 +37,7 @@ TEMPLATE_PLACEHOLDERS: dict[str, tuple[str, ...]] = {
 }
 """Each template kind must use exactly these placeholders, each at least once."""
 
+
 def template_placeholders(text: str) -> list[str]:
     """The placeholder names in a template; raises ValueError for a bad brace or a placeholder
     that is not a plain `{name}` (no positional `{}`, format specs, conversions or attributes)."""
@@ -51,7 +52,6 @@ def template_placeholders(text: str) -> list[str]:
                              f"{':' + spec if spec else ''}}} has a conversion or format spec")
         names.append(name)
     return names
-
 
 
 @dataclass(frozen=True)
