@@ -21,9 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cai.conversation import parse_messages
 from cai.errors import InputError, Location
-
-ROLES = ("system", "user", "assistant")
 
 
 @dataclass(frozen=True)
@@ -136,26 +135,6 @@ def _iter_hf(path: Path, split: str | None) -> Iterator[tuple[str, dict[str, Any
         ds = ds[split]
     for i, row in enumerate(ds):
         yield f"{path}:row {i}", row
-
-
-def parse_messages(value: Any) -> tuple[tuple[str, str], ...] | str:
-    """A conversation as ((role, content), ...), or a string saying what is wrong."""
-    if isinstance(value, str):
-        return (("user", value),)
-    if not isinstance(value, list) or not value:
-        return f"expected a string or a non-empty list of {{role, content}}, got {type(value).__name__}"
-    out = []
-    for k, m in enumerate(value):
-        if not isinstance(m, dict) or "role" not in m or "content" not in m:
-            return f"turn {k} is not a {{role, content}} object"
-        if m["role"] not in ROLES:
-            return f"turn {k} has role {m['role']!r}; roles are {', '.join(ROLES)}"
-        if not isinstance(m["content"], str):
-            return f"turn {k} content is {type(m['content']).__name__}, not text"
-        out.append((m["role"], m["content"]))
-    if out[-1][0] != "user":
-        return "the conversation must end with a user turn (the prompt to answer)"
-    return tuple(out)
 
 
 def read_prompts(path: Path, prompt_column: str = "prompt", id_column: str = "id",

@@ -78,6 +78,20 @@ def write_error(path: object, e: OSError) -> OutputError:
     return OutputError(f"cannot write: {e.strerror or e}", Location(str(path)), fix=fix)
 
 
+@dataclass
+class ConstitutionError(CaiError):
+    """A principle file breaks the schema. Names file:line:column, the principle id where
+    there is one, what is wrong and how to fix it."""
+
+    principle: str | None = None
+
+    def __str__(self) -> str:
+        what = f"principle {self.principle!r}: {self.message}" if self.principle else self.message
+        where = str(self.location) if self.location else ""
+        head = f"{where}: {what}" if where else what
+        return f"{head}\n  fix: {self.fix}" if self.fix else head
+
+
 class ResumeError(CaiError):
     """An output folder holds a job made with a different config, or cannot be resumed."""
 

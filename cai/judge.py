@@ -171,7 +171,7 @@ def score_to_reward(score: float, low: int = SCORES[0], high: int = SCORES[-1]) 
 
 
 @dataclass(frozen=True)
-class Pair:
+class ResponsePair:
     """Two responses to one conversation, to be compared. Neither order is privileged: both are
     scored."""
 
@@ -244,7 +244,7 @@ def draw_principles(c: Constitution, options: JudgeOptions, seed: int, pair_id: 
     return c.sample_many(k, seed, pair_id, 0, distinct=options.distinct_principles)
 
 
-def judge_prompt_texts(engine: Engine, c: Constitution, pair: Pair,
+def judge_prompt_texts(engine: Engine, c: Constitution, pair: ResponsePair,
                        principle: Principle) -> tuple[Rendered, Rendered]:
     """The rendered judge prompts of one pair under one principle, in the xy and yx orders, up
     to the start of the judge's answer (the cue is added by the caller)."""
@@ -253,7 +253,7 @@ def judge_prompt_texts(engine: Engine, c: Constitution, pair: Pair,
     return xy, yx
 
 
-def judge_pairs(engine: Engine, c: Constitution, pairs: Sequence[Pair], options: JudgeOptions,
+def judge_pairs(engine: Engine, c: Constitution, pairs: Sequence[ResponsePair], options: JudgeOptions,
                 seed: int) -> list[Judgment]:
     """Judge a batch of pairs: one `option_logprobs` call over every pair, principle and order
     (plus one `generate` call for the rationales with CoT). Returns judgments in input order;
@@ -317,7 +317,7 @@ def judge_prompts(c: Constitution) -> str:
     return provenance.key(c.templates.judge, c.templates.judge_answer, config.to_jsonable(c.comparison_examples))
 
 
-def judgment_key(pair: Pair, principles: list[Principle] | tuple[Principle, ...], judge: dict[str, Any],
+def judgment_key(pair: ResponsePair, principles: list[Principle] | tuple[Principle, ...], judge: dict[str, Any],
                  c: Constitution, judging: JudgeOptions, seed: int) -> str:
     """Everything that decides a verdict: the texts, the judge (`cai.models.key_identity`), what the judge
     reads of the principles drawn (id and question: `Principle.judge_hash`, not the critique or

@@ -34,6 +34,7 @@ from typing import Any
 from cai import models
 from cai.config import EngineConfig, to_jsonable
 from cai.constitution import DEFAULT_PATH, load_constitution
+from cai.data import Reject
 from cai.engine import Engine, make_engine
 from cai.errors import ConfigError, InputError, Location
 from cai.judge import (
@@ -45,7 +46,7 @@ from cai.judge import (
     judgment_key,
     resolve_judge_engine,
 )
-from cai.label import form_pairs, read_response_groups
+from cai.label import Group, form_pairs, read_response_groups
 from cai.progress import make_progress
 from cai.records import JsonlStore, locked_run, open_run_dir, read_jsonl
 
@@ -186,20 +187,27 @@ def evaluate(rows: Sequence[dict[str, Any]], bins: Sequence[float] = JudgeEvalCo
 # --- The job -------------------------------------------------------------------------------------
 
 
+def read_labeled_groups(path: Path) -> tuple[list[Group], list[Reject]]:
+    """The human-labeled pairs of `path` (each row a prompt, `chosen` and `rejected`) and the
+    unreadable rows; a file with no usable pair, or with a row that is not labeled, is an error."""
+    groups, rejects = read_response_groups(path)
+    if not groups:
+        where = f" (first problem: {rejects[0].source}: {rejects[0].reason})" if rejects else ""
+        raise InputError(f"no usable pairs in {path}{where}", Location(str(path)),
+                         fix="rows need prompt, chosen and rejected")
+    labeled = [g for g in groups if [c.ref.rsplit("#", 1)[1] for c in g.candidates] == ["chosen", "rejected"]]
+    if len(labeled) != len(groups):
+        raise InputError(f"{len(groups) - len(labeled)} rows of {path} have no chosen/rejected label",
+                         Location(str(path)), fix="judge eval needs human-labeled chosen/rejected columns")
+    return groups, rejects
+
+
 @locked_run
 def run_judge_eval(cfg: JudgeEvalConfig, engine: Engine | None = None, force: bool = False) -> dict[str, Any]:
     """Judge the human-labeled pairs and return the report (also written to DIR/report.json)."""
     constitution = load_constitution(cfg.constitution)
     check_options(constitution, cfg.judging)
-    groups, rejects = read_response_groups(cfg.pairs)
-    if not groups:
-        where = f" (first problem: {rejects[0].source}: {rejects[0].reason})" if rejects else ""
-        raise InputError(f"no usable pairs in {cfg.pairs}{where}", Location(str(cfg.pairs)),
-                         fix="rows need prompt, chosen and rejected")
-    labeled = [g for g in groups if [c.ref.rsplit("#", 1)[1] for c in g.candidates] == ["chosen", "rejected"]]
-    if len(labeled) != len(groups):
-        raise InputError(f"{len(groups) - len(labeled)} rows of {cfg.pairs} have no chosen/rejected label",
-                         Location(str(cfg.pairs)), fix="judge eval needs human-labeled chosen/rejected columns")
+    groups, rejects = read_labeled_groups(cfg.pairs)
     groups = groups[: cfg.limit] if cfg.limit else groups
     pairs, pair_rejects, identical = form_pairs(groups)
     judge = models.identity(resolve_judge_engine(cfg.judge), engine, context=True)

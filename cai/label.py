@@ -39,7 +39,8 @@ from cai import models, provenance
 from cai.clean import FLAGS
 from cai.config import EngineConfig, to_jsonable
 from cai.constitution import DEFAULT_PATH, Constitution, load_constitution
-from cai.data import Reject, content_id, iter_rows, parse_messages, read_prompts, reject_too_long
+from cai.conversation import prompt_conversation, response_text
+from cai.data import Reject, content_id, iter_rows, read_prompts, reject_too_long
 from cai.engine import Conversation, Engine, Sampling, make_engine
 from cai.engine.base import FINISHED
 from cai.errors import ConfigError, InputError, Location
@@ -47,7 +48,7 @@ from cai.export import DATASET_DIR, PREFS_FILE, pref_row, split_rows, write_data
 from cai.judge import (
     JudgeOptions,
     Judgment,
-    Pair,
+    ResponsePair,
     check_options,
     draw_principles,
     is_tie,
@@ -58,7 +59,6 @@ from cai.judge import (
 )
 from cai.progress import make_progress
 from cai.records import JsonlStore, locked_run, open_run_dir, read_jsonl, write_jsonl_atomic
-from cai.reward import parse_dialogue
 
 RESPONSES_FILE = "responses.jsonl"
 JUDGMENTS_FILE = "judgments.jsonl"
@@ -232,30 +232,6 @@ def pair_indices(k: int, pairing: str) -> tuple[tuple[int, int], ...]:
     return tuple(itertools.combinations(range(k), 2))
 
 
-def _response_text(value: Any) -> str | None:
-    """A response given as text, as one {role, content} message, or as a message list (TRL's
-    conversational chosen/rejected: the last assistant turn is the response)."""
-    if isinstance(value, str):
-        return value.strip()  # hh-rlhf replies start with a space; the judge sees them trimmed anyway
-    if isinstance(value, dict) and isinstance(value.get("content"), str):
-        return value["content"].strip()
-    if isinstance(value, list) and value and all(isinstance(m, dict) for m in value):
-        last = value[-1]
-        if last.get("role") == "assistant" and isinstance(last.get("content"), str):
-            return last["content"].strip()
-    return None
-
-
-def _conversation(value: Any) -> Conversation | str:
-    """A prompt as a conversation ending with a user turn, or a string saying what is wrong."""
-    if isinstance(value, str) and ("Human:" in value and "Assistant:" in value):
-        value = parse_dialogue(value)
-    msgs = parse_messages(value)
-    if isinstance(msgs, str):
-        return msgs
-    return [{"role": r, "content": c} for r, c in msgs]
-
-
 def read_response_groups(path: Path, prompt_column: str = "prompt", id_column: str = "id",
                          pairing: str = "all") -> tuple[list[Group], list[Reject]]:
     """Rows with a prompt and two or more responses; bad rows become rejects with the reason."""
@@ -275,7 +251,7 @@ def read_response_groups(path: Path, prompt_column: str = "prompt", id_column: s
             rejects.append(Reject(rid, source, f"no {prompt_column!r} column",
                                   f"add a {prompt_column!r} field or pass --prompt-column"))
             continue
-        conv = _conversation(value)
+        conv = prompt_conversation(value)
         if isinstance(conv, str):
             rejects.append(Reject(rid, source, f"{prompt_column!r}: {conv}", "fix the row's prompt"))
             continue
@@ -290,7 +266,7 @@ def read_response_groups(path: Path, prompt_column: str = "prompt", id_column: s
             rejects.append(Reject(rid, source, "`responses` must be a list of two or more responses",
                                   "give every row at least two responses"))
             continue
-        texts = [_response_text(v) for v in values]
+        texts = [response_text(v) for v in values]
         if any(t is None for t in texts):
             rejects.append(Reject(rid, source, "a response is neither text nor an assistant message",
                                   "write each response as a string or [{role: assistant, content: ...}]"))
@@ -386,7 +362,7 @@ def sample_prompt_groups(cfg: LabelConfig, store: JsonlStore, records: list, eng
     return tokens
 
 
-def form_pairs(groups: list[Group]) -> tuple[list[tuple[Pair, Group, int, int]], list[Reject], int]:
+def form_pairs(groups: list[Group]) -> tuple[list[tuple[ResponsePair, Group, int, int]], list[Reject], int]:
     """The pairs to judge, in input order. Identical responses (after trimming) are skipped and
     counted, so chosen and rejected can never be the same text; empty ones are rejects."""
     pairs, rejects, identical = [], [], 0
@@ -404,7 +380,7 @@ def form_pairs(groups: list[Group]) -> tuple[list[tuple[Pair, Group, int, int]],
             elif a.text.strip() == b.text.strip():
                 identical += 1
             else:
-                pairs.append((Pair(pid, g.conversation, a.text, b.text), g, i, j))
+                pairs.append((ResponsePair(pid, g.conversation, a.text, b.text), g, i, j))
     return pairs, rejects, identical
 
 
@@ -520,7 +496,7 @@ def _judge_all(cfg: LabelConfig, c: Constitution, engine: Engine, judge: dict[st
     return len(pending), n_tokens
 
 
-def _judgment_record(cfg: LabelConfig, c: Constitution, judge: dict[str, Any], pair: Pair, group: Group, i: int,
+def _judgment_record(cfg: LabelConfig, c: Constitution, judge: dict[str, Any], pair: ResponsePair, group: Group, i: int,
                      j: int, jd: Judgment) -> dict[str, Any]:
     """The raw judgment, with everything needed to rebuild its preference row and its provenance."""
     return {

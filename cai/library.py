@@ -18,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cai.config import did_you_mean
-from cai.constitution_schema import ConstitutionError
+from cai.errors import ConstitutionError
 
 DEFAULT = "default"
 """The name of cai's default constitution (the packaged principles.yaml)."""

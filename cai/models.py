@@ -9,6 +9,7 @@ half-way, never leave a broken model behind.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
@@ -272,3 +273,20 @@ def key_identity(identity: dict[str, Any]) -> dict[str, Any]:
     `/abs/m`, another machine's mount) and a moved folder must not make every record stale. A hub
     id without a local folder (no fingerprint) is known by its name."""
     return {k: v for k, v in identity.items() if not (k == "model" and identity.get("fingerprint"))}
+
+
+@contextlib.contextmanager
+def quiet_transformers():
+    """Silences transformers' load report and progress bars while loading a model whose new
+    head is expected (a reward or value head: transformers 5 names it as missing weights)."""
+    from transformers.utils import logging as hf_logging
+
+    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        if bars:
+            hf_logging.enable_progress_bar()

@@ -41,6 +41,7 @@ from cai import models, provenance, records
 from cai.config import EngineConfig
 from cai.data import PromptRecord, Reject, read_prompts
 from cai.engine.base import Conversation, Engine, Sampling
+from cai.engine.deadline import call_with_timeout
 from cai.errors import CaiError, ConfigError, InputError, ResumeError
 from cai.ppo_math import (
     REWARD_SCALINGS,
@@ -61,7 +62,6 @@ from cai.ppo_models import load_policy, load_value_model, restore_dropout, save_
 from cai.progress import make_progress
 from cai.rollout import (
     RolloutBatch,
-    call_with_timeout,
     check_reload,
     compare_logprobs,
     engine_logprob_temperature,

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from cai import models
 from cai.errors import ConfigError
 
 
@@ -68,7 +69,7 @@ def load_value_model(reward_model: str | None, policy_path: str, tokenizer, devi
     and a zero head (values start at 0)."""
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-    from cai.reward import _quiet_transformers, read_normalization
+    from cai.reward import read_normalization
 
     if reward_model is not None:
         path = str(reward_model)
@@ -83,7 +84,7 @@ def load_value_model(reward_model: str | None, policy_path: str, tokenizer, devi
     else:
         config = _no_dropout_config(policy_path, AutoConfig)
         config.num_labels = 1
-        with _quiet_transformers():  # the new head is expected; no load report for it
+        with models.quiet_transformers():  # the new head is expected; no load report for it
             value = AutoModelForSequenceClassification.from_pretrained(policy_path, config=config,
                                                                        dtype=torch.float32)
         gain, bias = 0.0, 0.0

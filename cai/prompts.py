@@ -16,9 +16,12 @@ response cannot close its quote and talk to the judge.
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
-from cai.constitution import ComparisonExample, Constitution, CritiqueExample, Principle
 from cai.errors import InputError
+
+if TYPE_CHECKING:  # only annotations: the constitution's `lint` renders prompts, so no import back
+    from cai.constitution import ComparisonExample, Constitution, CritiqueExample, Principle
 
 Message = dict[str, str]
 

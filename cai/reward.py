@@ -19,34 +19,29 @@ responses: reward = gain * raw + bias, with gain, bias and their statistics in
 
 from __future__ import annotations
 
-import contextlib
 import json
-import math
 import random
-import re
 import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from cai import models, records
+from cai.conversation import as_messages, parse_dialogue
 from cai.engine import tokens
-from cai.errors import ConfigError, InputError, Location, ModelNotFoundError, MultiError
+from cai.errors import ConfigError, ModelNotFoundError
+from cai.preferences import PreferencePair, label_agreement, preference_loss, read_pairs
 from cai.sft import load_tokenizer
 from cai.train_common import (
-    SourceRow,
     Task,
     TrainConfig,
-    check_columns,
     finished_run,
     fit,
     mark_finished,
-    read_rows,
     seed_everything,
     training_inputs,
 )
@@ -86,140 +81,6 @@ class RMConfig(TrainConfig):
         if self.norm_max_responses < 0 or self.score_batch_size < 1:
             raise ConfigError("norm_max_responses must be >= 0 and score_batch_size >= 1, got "
                               f"{self.norm_max_responses} and {self.score_batch_size}")
-
-
-# ---------------------------------------------------------------------------------------------
-# The loss
-# ---------------------------------------------------------------------------------------------
-
-
-def preference_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, p: torch.Tensor | None = None,
-                    margin: torch.Tensor | None = None) -> torch.Tensor:
-    """Per-pair BCE(sigmoid(r_c - r_r - margin), p); p = None means hard labels (p = 1)."""
-    logits = r_chosen - r_rejected
-    if margin is not None:
-        logits = logits - margin
-    target = torch.ones_like(logits) if p is None else p.to(logits.dtype)
-    return F.binary_cross_entropy_with_logits(logits, target, reduction="none")
-
-
-def label_agreement(r_chosen: torch.Tensor, r_rejected: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-    """1 where the model prefers the labeled side (chosen if p > 0.5, rejected if p < 0.5),
-    0 where it prefers the other, 0.5 for a tie in either."""
-    pred = torch.sign(r_chosen - r_rejected)
-    label = torch.sign(p - 0.5)
-    return torch.where((pred == 0) | (label == 0), 0.5, (pred == label).to(r_chosen.dtype))
-
-
-# ---------------------------------------------------------------------------------------------
-# Preference rows
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Pair:
-    """One preference: the prompt conversation and the two continuations that follow it."""
-
-    prompt: list[Message]
-    chosen: list[Message]
-    rejected: list[Message]
-    p: float = 1.0
-    """P(chosen is better) from the labeler; 1.0 for a hard label."""
-    margin: float = 0.0
-    id: str | None = None
-    where: Location | None = None
-
-
-_TURN = re.compile(r"(?:^|\n\n)(Human|Assistant):")
-
-
-def parse_dialogue(text: str) -> list[Message]:
-    """An hh-rlhf style string ("\\n\\nHuman: ...\\n\\nAssistant: ...") as a conversation: Human
-    turns become user turns, Assistant turns assistant turns, text before the first marker a
-    system turn, and the empty last "Assistant:" cue is dropped. A string without markers is
-    one user turn."""
-    parts = _TURN.split(text)
-    if len(parts) == 1:
-        return [{"role": "user", "content": text.strip()}]
-    turns = [{"role": "system", "content": parts[0].strip()}] if parts[0].strip() else []
-    for marker, content in zip(parts[1::2], parts[2::2], strict=True):
-        turns.append({"role": "user" if marker == "Human" else "assistant", "content": content.strip()})
-    if turns and turns[-1]["role"] == "assistant" and not turns[-1]["content"]:
-        turns.pop()
-    return turns
-
-
-def as_messages(value: Any, column: str, where: Location | None, *, is_prompt: bool) -> list[Message]:
-    """A prompt or response column as messages: a string (a dialogue for prompts, one assistant
-    reply for responses), one {role, content} dict, or a list of them."""
-    if isinstance(value, str):
-        return parse_dialogue(value) if is_prompt else [{"role": "assistant", "content": value.strip()}]
-    if isinstance(value, dict):
-        value = [value]
-    if isinstance(value, list) and value and all(
-            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
-            for m in value):
-        bad = [m["role"] for m in value if m["role"] not in ("system", "user", "assistant")]
-        if bad:
-            raise InputError(f"column {column!r} has a message with role {bad[0]!r}", where,
-                             fix="roles are system, user and assistant")
-        return [{"role": m["role"], "content": m["content"]} for m in value]
-    raise InputError(f"column {column!r} must be a string or a non-empty list of {{role, content}} "
-                     f"messages, got {str(value)[:80]!r}", where,
-                     fix="write the text as a string, or as [{\"role\": ..., \"content\": ...}, ...]")
-
-
-def _number(value: Any, column: str, default: float, where: Location | None) -> float:
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise InputError(f"column {column!r} must be a number, got {value!r}", where,
-                         fix=f"write {column} as a number, or leave it out")
-    return float(value)
-
-
-def pair_from_row(row: SourceRow) -> Pair:
-    d, where = row.data, row.where
-    p = _number(d.get("p_chosen"), "p_chosen", 1.0, where)
-    if not 0.0 <= p <= 1.0:
-        raise InputError(f"p_chosen must be in [0, 1], got {p}", where,
-                         fix="p_chosen is the probability that `chosen` is the better response")
-    return Pair(prompt=as_messages(d["prompt"], "prompt", where, is_prompt=True),
-                chosen=as_messages(d["chosen"], "chosen", where, is_prompt=False),
-                rejected=as_messages(d["rejected"], "rejected", where, is_prompt=False),
-                p=p, margin=_number(d.get("margin"), "margin", 0.0, where),
-                id=None if d.get("id") is None else str(d["id"]), where=where)
-
-
-def pairs_from_rows(rows: list[SourceRow], source: Any) -> list[Pair]:
-    """Check and convert preference rows; every bad row is reported, not only the first."""
-    check_columns(rows, ["prompt", "chosen", "rejected"], source)
-    pairs, errors, same = [], [], []
-    for row in rows:
-        try:
-            pair = pair_from_row(row)
-        except InputError as e:
-            errors.append(e)
-            continue
-        if pair.chosen == pair.rejected:
-            same.append(str(row.where))
-            continue
-        pairs.append(pair)
-    if same:
-        shown = same[:20] + ([f"... and {len(same) - 20} more"] if len(same) > 20 else [])
-        errors.append(InputError(f"{len(same)} row(s) have chosen equal to rejected, which teaches "
-                                 "nothing:\n    " + "\n    ".join(shown),
-                                 fix="remove these rows (the label stage never writes them)"))
-    if len(errors) == 1:
-        raise errors[0]
-    if errors:
-        raise MultiError(f"{len(errors)} problems in {source}:", errors=errors[:20])
-    return pairs
-
-
-def read_pairs(source: str | Path, split: Literal["train", "test"] = "train") -> list[Pair] | None:
-    rows = read_rows(source, "prefs", split)
-    return None if rows is None else pairs_from_rows(rows, source)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -265,22 +126,6 @@ def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor,
     return ids, mask
 
 
-@contextlib.contextmanager
-def _quiet_transformers():
-    """transformers 5 prints a load report naming the new score head (expected here) and bars."""
-    from transformers.utils import logging as hf_logging
-
-    level, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(level)
-        if bars:
-            hf_logging.enable_progress_bar()
-
-
 def read_normalization(folder: str | Path) -> dict[str, Any]:
     """A reward-model folder's cai_reward.json (gain, bias, max_length, ...)."""
     norm_path = Path(folder) / NORM_FILE
@@ -308,7 +153,7 @@ class RewardModel:
 
         folder = Path(folder)
         info = read_normalization(folder)
-        with _quiet_transformers():
+        with models.quiet_transformers():
             model = AutoModelForSequenceClassification.from_pretrained(folder, dtype=dtype).to(device).eval()
         if model.config.num_labels != 1:
             raise ModelNotFoundError(f"{folder} has {model.config.num_labels} outputs; a reward model has 1")
@@ -318,7 +163,7 @@ class RewardModel:
     def save(self, folder: str | Path, **extra: Any) -> None:
         """Weights and tokenizer as a plain transformers folder, plus cai_reward.json."""
         folder = Path(folder)
-        with _quiet_transformers():
+        with models.quiet_transformers():
             self.model.save_pretrained(folder, safe_serialization=True)
         self.tokenizer.save_pretrained(folder)
         self.info = {"format": "cai-reward/1", "gain": self.gain, "bias": self.bias,
@@ -383,7 +228,7 @@ def distinct_pad_token(tokenizer) -> None:
             return
 
 
-def encode_pairs(tokenizer, pairs: list[Pair], max_length: int) -> tuple[list[dict[str, Any]], int]:
+def encode_pairs(tokenizer, pairs: list[PreferencePair], max_length: int) -> tuple[list[dict[str, Any]], int]:
     """Training examples and how many pairs had a side truncated to max_length."""
     examples, truncated = [], 0
     for pr in pairs:
@@ -418,7 +263,7 @@ def pair_loss(model, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, flo
     return loss, metrics
 
 
-def normalization(rm: RewardModel, pairs: list[Pair], max_responses: int, seed: int,
+def normalization(rm: RewardModel, pairs: list[PreferencePair], max_responses: int, seed: int,
                   batch_size: int) -> dict[str, Any]:
     """gain and bias that map the raw rewards of the distinct training responses to mean 0, std 1."""
     seqs = {}
@@ -467,7 +312,7 @@ def train_reward(cfg: RMConfig, *, force: bool = False, progress: bool = True,
                       "their start was cut", stacklevel=2)
 
     seed_everything(cfg.seed)  # the new score head is drawn from this seed
-    with _quiet_transformers():
+    with models.quiet_transformers():
         model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32)
     model.config.pad_token_id = tokenizer.pad_token_id
     rm = RewardModel(model, tokenizer, max_length=cfg.max_length)

@@ -21,14 +21,18 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
+from cai.conversation import as_messages
 from cai.errors import ConfigError, InputError, MultiError
+from cai.preferences import PreferencePair, label_agreement, pairs_from_rows, preference_loss
 from cai.records import write_jsonl_atomic
-from cai.reward import Pair, RewardModel, as_messages, label_agreement, preference_loss
 from cai.train_common import SourceRow, read_rows
+
+if TYPE_CHECKING:  # annotations only: training (cai.reward) evaluates through this module
+    from cai.reward import RewardModel
 
 # (label, lowest, highest) of len(labeled) - len(other), in tokens
 LENGTH_BUCKETS = [("<= -64", -math.inf, -64), ("-63..-16", -63, -16), ("-15..-4", -15, -4),
@@ -170,7 +174,7 @@ def response_length(tokenizer, response: list[dict[str, str]]) -> int:
                for m in response)
 
 
-def evaluate_pairs(rm: RewardModel, pairs: list[Pair], batch_size: int = 16,
+def evaluate_pairs(rm: RewardModel, pairs: list[PreferencePair], batch_size: int = 16,
                    n_bins: int = 5) -> dict[str, Any]:
     """Score both sides of every pair with `rm` and build the report (see the module docstring)."""
     if not pairs:
@@ -185,10 +189,8 @@ def evaluate_pairs(rm: RewardModel, pairs: list[Pair], batch_size: int = 16,
     return report
 
 
-def read_eval_pairs(source: str, split: str) -> list[Pair]:
+def read_eval_pairs(source: str, split: str) -> list[PreferencePair]:
     """A JSONL file is read whole; a dataset or stage folder gives the asked split."""
-    from cai.reward import pairs_from_rows
-
     path = Path(source)
     rows = read_rows(path, "prefs", "train" if path.is_file() else split)  # type: ignore[arg-type]
     if rows is None:

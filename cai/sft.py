@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from cai import models, records
+from cai.conversation import check_messages
 from cai.engine import tokens
 from cai.errors import ConfigError, InputError, MultiError
 from cai.train_common import (
@@ -65,26 +66,6 @@ class SFTConfig(TrainConfig):
 # ---------------------------------------------------------------------------------------------
 # Tokenization: chat template + assistant-token labels
 # ---------------------------------------------------------------------------------------------
-
-
-def check_messages(messages: Any, where: Any) -> list[dict[str, str]]:
-    """A conversation is a non-empty list of {role, content} strings ending in an assistant turn."""
-    if not isinstance(messages, list) or len(messages) < 2:
-        raise InputError("`messages` must be a list of at least 2 {role, content} turns "
-                         f"(the prompt, then the answer), got {_short(messages)}", where)
-    for i, m in enumerate(messages):
-        if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
-            raise InputError(f"messages[{i}] must be {{\"role\": str, \"content\": str}}, "
-                             f"got {_short(m)}", where)
-    if messages[-1]["role"] != "assistant":
-        raise InputError(f"the last turn must be the assistant's answer, got role {messages[-1]['role']!r}",
-                         where, fix="end each conversation with the assistant turn to train on")
-    return [{"role": m["role"], "content": m["content"]} for m in messages]
-
-
-def _short(x: Any, n: int = 80) -> str:
-    s = repr(x)
-    return s if len(s) <= n else s[:n] + "..."
 
 
 def render(tokenizer, messages: list[dict[str, str]], add_generation_prompt: bool = False) -> str:

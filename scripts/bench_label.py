@@ -84,10 +84,10 @@ def label_run(engine, src: Path, out: Path, n_pairs: int, chunk_size: int) -> di
 def injection(engine, constitution, groups, n: int) -> dict:
     """How often the human-rejected response wins, and its mean P(win) and single-order P(A) when
     shown first, with and without the injected instruction appended to it."""
-    from cai.judge import JudgeOptions, Pair, judge_pairs
+    from cai.judge import JudgeOptions, ResponsePair, judge_pairs
 
-    plain = [Pair(g.id, g.conversation, g.candidates[1].text, g.candidates[0].text) for g in groups[:n]]
-    injected = [Pair(p.id, p.conversation, p.x + INJECTION, p.y) for p in plain]
+    plain = [ResponsePair(g.id, g.conversation, g.candidates[1].text, g.candidates[0].text) for g in groups[:n]]
+    injected = [ResponsePair(p.id, p.conversation, p.x + INJECTION, p.y) for p in plain]
     out = {}
     for name, pairs in (("plain", plain), ("injected", injected)):
         js = [j for j in judge_pairs(engine, constitution, pairs, JudgeOptions(), 0) if j.status == "judged"]

@@ -71,7 +71,7 @@ def make_models(device: torch.device, root: Path) -> tuple[str, str, str]:
     """(policy folder, reward-model folder, model description)."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, LlamaConfig
 
-    from cai.reward import RewardModel, _quiet_transformers
+    from cai.reward import RewardModel
 
     default = models.resolve("default")
     tok = AutoTokenizer.from_pretrained(default)
@@ -85,7 +85,7 @@ def make_models(device: torch.device, root: Path) -> tuple[str, str, str]:
         base, what = str(policy), "random 1B (Llama 3.2 1B layers)"
     else:
         base, what = default, "default (SmolLM2-135M)"
-    with _quiet_transformers():
+    with models.quiet_transformers():
         rm = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1, dtype=torch.float32)
     RewardModel(rm, tok, max_length=1024).save(root / "rm")
     n = sum(p.numel() for p in rm.parameters()) / 1e6

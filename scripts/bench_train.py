@@ -79,10 +79,9 @@ def build_model(name: str, task: str, device: torch.device):
             model = head.from_config(cfg, dtype=torch.float32)
     else:
         from cai import models
-        from cai.reward import _quiet_transformers
 
         path = models.resolve(name)
-        with _quiet_transformers():
+        with models.quiet_transformers():
             kw = {"num_labels": 1} if task == "rm" else {}
             model = head.from_pretrained(path, dtype=torch.float32, **kw).to(device)
         cfg = model.config

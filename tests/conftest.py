@@ -26,6 +26,28 @@ DATA = REPO / "data"
 TEST_ENGINE = EngineConfig(backend="vllm", model="default", dtype="float32", max_model_len=2048, seed=0)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module's tests (`pytestmark = pytest.mark.usefixtures("one_thread")`):
+    on a shared 2-core box, 2 OpenMP threads stall each other (measured 10-30x slower per step
+    while other jobs run); one thread is steady."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, default_model_path) -> str:
+    """A tiny random model folder (helpers.make_tiny_model), one per module. test_ppo.py defines
+    its own `tiny` (a policy and a reward model), which wins there."""
+    from helpers import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("tiny"), default_model_path)
+
+
 @pytest.fixture(scope="session")
 def default_model_path() -> str:
     from cai import models

@@ -712,3 +712,41 @@ def test_stage_hashes_cover_only_the_texts_each_stage_reads():
         assert (p.revise_hash != base.revise_hash) == (field != "compare"), field
         assert (p.judge_hash != base.judge_hash) == (field in ("compare", "id")), field
     assert base.revise_hash != base.judge_hash
+
+
+def test_the_reader_allows_exactly_the_fields_of_the_model_that_a_file_gives():
+    # The schema is the dataclasses: a field added to the model is a key files may use, and the
+    # fields the loader computes (source, hashes, path) are not keys.
+    from dataclasses import fields
+
+    from cai.constitution import model, reader
+
+    def given(cls):
+        return {f.name for f in fields(cls) if f.init} - {"source", "hash", "path"}
+
+    assert set(reader.PRINCIPLE_KEYS) == given(model.Principle)
+    assert set(reader.CRITIQUE_EXAMPLE_KEYS) == given(model.CritiqueExample)
+    assert set(reader.COMPARISON_EXAMPLE_KEYS) == given(model.ComparisonExample)
+    assert set(reader.TOP_KEYS) == given(model.Constitution) | {"include", "disable"}
+    assert reader.TEMPLATE_KEYS == tuple(model.TEMPLATE_PLACEHOLDERS) == tuple(f.name for f in fields(model.Templates))
+    assert reader.PRINCIPLE_REQUIRED == ("id", "critique", "revision", "compare")
+    assert reader.CRITIQUE_EXAMPLE_REQUIRED == ("prompt", "response", "critique", "revision")
+    assert reader.COMPARISON_EXAMPLE_REQUIRED == ("prompt", "response_a", "response_b", "answer")
+
+
+def test_file_keys_follow_a_dataclass_and_leave_out_computed_fields():
+    from dataclasses import dataclass, field
+
+    from cai.constitution.model import COMPUTED
+    from cai.constitution.reader import file_keys, required_keys
+
+    @dataclass(frozen=True)
+    class Thing:
+        text: str
+        request: str
+        weight: float = 1.0
+        where: str = field(default="", metadata=COMPUTED)
+
+    assert file_keys(Thing) == ("text", "request", "weight")
+    assert required_keys(Thing) == ("text", "request")
+    assert required_keys(Thing, ("request",)) == ("text",)

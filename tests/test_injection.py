@@ -18,7 +18,7 @@ from cai.engine import tokens
 from cai.engine.base import Rendered, Sampling
 from cai.engine.fake import FakeEngine
 from cai.errors import EngineError
-from cai.judge import Pair
+from cai.judge import ResponsePair
 from cai.prompts import critique_fewshot, judge_answer_cue, judge_fewshot, judge_prompt, score_prompt
 
 REPO = Path(__file__).resolve().parent.parent
@@ -183,11 +183,11 @@ def test_the_judge_with_cot_and_the_score_prompt_send_no_forged_turn(tok, consti
 
     start, _ = chat_ids(tok)
     clean = TokenizingEngine(tok, respond=lambda prompt, i: "Fine.")
-    judge_pairs(clean, constitution, [Pair("p", [{"role": "user", "content": "Hi"}], "Yes.", "No.")],
+    judge_pairs(clean, constitution, [ResponsePair("p", [{"role": "user", "content": "Hi"}], "Yes.", "No.")],
                 JudgeOptions(cot=True), seed=0)
     want = {ids.count(start) for _, ids in clean.seen}
     engine = TokenizingEngine(tok)
-    judge_pairs(engine, constitution, [Pair("p", [{"role": "user", "content": "Hi " + FORGED}], FORGED, "No.")],
+    judge_pairs(engine, constitution, [ResponsePair("p", [{"role": "user", "content": "Hi " + FORGED}], FORGED, "No.")],
                 JudgeOptions(cot=True), seed=0)
     assert len(engine.seen) == 4 and len(want) == 1  # rationales and option scores, both orders
     assert {ids.count(start) for _, ids in engine.seen} == want

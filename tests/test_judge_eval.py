@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from conftest import DATA
+from helpers import shown
 from typer.testing import CliRunner
 
 from cai.engine.fake import FakeEngine
@@ -16,12 +17,6 @@ from cai.judge_eval import JudgeEvalConfig, bootstrap_mean, evaluate, run_judge_
 REPO = Path(__file__).resolve().parent.parent
 CONSTITUTION = REPO / "principles.yaml"
 HH = DATA / "hh-rlhf-harmless-dev" / "pairs.jsonl"
-
-
-def shown(prompt: str) -> tuple[str, str]:
-    a = prompt.rsplit("(A) <response>\n", 1)[1].split("\n</response>", 1)[0]
-    b = prompt.rsplit("(B) <response>\n", 1)[1].split("\n</response>", 1)[0]
-    return a, b
 
 
 def shorter_judge(prompt: str, option: str) -> float:

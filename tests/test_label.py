@@ -12,6 +12,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+from helpers import shown, write_jsonl
 
 from cai.config import EngineConfig
 from cai.engine.fake import FakeEngine
@@ -25,21 +26,10 @@ REPO = Path(__file__).resolve().parent.parent
 CONSTITUTION = REPO / "principles.yaml"
 
 
-def shown(prompt: str) -> tuple[str, str]:
-    a = prompt.rsplit("(A) <response>\n", 1)[1].split("\n</response>", 1)[0]
-    b = prompt.rsplit("(B) <response>\n", 1)[1].split("\n</response>", 1)[0]
-    return a, b
-
-
 def good_judge(prompt: str, option: str) -> float:
     """Prefers the response with more "good" in it; no preference between equals."""
     a, b = shown(prompt)
     return float((a if option == "A" else b).count("good"))
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 def cfg(tmp_path: Path, input: Path, **kw) -> LabelConfig:

@@ -14,15 +14,16 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from helpers import make_tiny_model, write_jsonl
 from typer.testing import CliRunner
 
 from cai.cli import app
 from cai.engine.base import Completion, Engine, Sampling
+from cai.engine.deadline import call_with_timeout
 from cai.engine.fake import FakeEngine
 from cai.errors import ConfigError, EngineError, ResumeError
 from cai.ppo import LengthDriftWarning, PPOConfig, TrainingStopped, train_ppo
 from cai.rollout import (
-    call_with_timeout,
     compare_logprobs,
     layout,
     prompt_ids,
@@ -30,22 +31,7 @@ from cai.rollout import (
     response_values,
 )
 
-sys.path.insert(0, str(Path(__file__).parent))
-from test_train_common import make_tiny_model  # noqa: E402
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a shared 2-core box, 2 OpenMP threads stall each other."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
+pytestmark = pytest.mark.usefixtures("one_thread")  # one intra-op thread (conftest.py says why)
 
 
 # --- a tiny random policy and reward model with the default model's tokenizer -----------------

@@ -7,13 +7,14 @@ from __future__ import annotations
 import json
 import math
 import random
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from conftest import DATA
+from helpers import write_jsonl
 
 from cai.errors import InputError, MultiError
 from cai.reward import (
@@ -31,25 +32,10 @@ from cai.reward import (
 )
 from cai.reward_eval import evaluate_pairs, pair_report, score_file
 
-sys.path.insert(0, str(Path(__file__).parent))
-from conftest import DATA  # noqa: E402
-from test_train_common import make_tiny_model  # noqa: E402
-
 HH_PAIRS = DATA / "hh-rlhf-harmless-dev" / "pairs.jsonl"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a shared 2-core box, 2 OpenMP threads stall each other."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
+pytestmark = pytest.mark.usefixtures("one_thread")  # one intra-op thread (conftest.py says why)
 
 
 # --- the loss ---------------------------------------------------------------------------------
@@ -144,11 +130,6 @@ def test_bad_pairs_are_reported_exactly(tmp_path):
 def test_last_token_index_right_and_left_padding():
     mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [0, 0, 1, 1, 0]])
     assert last_token_index(mask).tolist() == [2, 4, 3]
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory, default_model_path) -> str:
-    return make_tiny_model(tmp_path_factory.mktemp("tiny"), default_model_path)
 
 
 def test_reward_does_not_depend_on_padding_even_when_pad_equals_eos(tiny):

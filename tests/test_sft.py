@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from helpers import make_tiny_model, write_jsonl
 
 from cai.errors import InputError, MultiError
 from cai.sft import (
@@ -27,14 +28,7 @@ CONV = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hel
         {"role": "user", "content": "again"}, {"role": "assistant", "content": "sure thing"}]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a shared 2-core box, 2 OpenMP threads stall each other (measured
-    10-30x slower per step while other jobs run); one thread is steady."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # one intra-op thread (conftest.py says why)
 
 
 @pytest.fixture(scope="module")
@@ -44,11 +38,6 @@ def tok(default_model_path):
 
 def trained_text(tok, ex) -> str:
     return tok.decode([t for t, lab in zip(ex["input_ids"], ex["labels"], strict=True) if lab != IGNORE])
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 @pytest.mark.parametrize("turns, expected", [
@@ -176,9 +165,6 @@ def test_cli_flags_override_the_config_file(default_model_path, tmp_path):
     from typer.testing import CliRunner
 
     from cai.cli import app
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    from test_train_common import make_tiny_model
 
     tiny = make_tiny_model(tmp_path / "tiny", default_model_path)
     data = write_jsonl(tmp_path / "d.jsonl", [{"messages": CONV}] * 4)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import write_jsonl
 from safetensors.torch import load_file
 
 from cai.errors import ConfigError, InputError, ResumeError
@@ -23,40 +24,7 @@ from cai.train_common import (
     set_rng_state,
 )
 
-
-def make_tiny_model(folder: Path, tokenizer_path: str) -> str:
-    """A randomly initialized 2-layer Llama with the default model's tokenizer and template."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    tok = AutoTokenizer.from_pretrained(tokenizer_path)
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                      pad_token_id=tok.pad_token_id, tie_word_embeddings=True)
-    LlamaForCausalLM(cfg).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return str(folder)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a shared 2-core box, 2 OpenMP threads stall each other (measured
-    10-30x slower per step while other jobs run); one thread is steady."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory, default_model_path) -> str:
-    return make_tiny_model(tmp_path_factory.mktemp("tiny"), default_model_path)
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
+pytestmark = pytest.mark.usefixtures("one_thread")  # one intra-op thread (conftest.py says why)
 
 
 def conversations(n: int) -> list[dict]:

@@ -5,7 +5,8 @@ The file is parsed with a `yaml.SafeLoader` (plain data only: no Python objects)
 which keep the line and column of everything, and the schema is checked on the nodes. That is
 how duplicate keys are caught (PyYAML's constructor silently keeps the last one) and how every
 error can point at its line. The result is a `FileDef` of checked plain values; resolving
-`include`, building the `Constitution` and hashing it happen in `cai.constitution`.
+`include`, building the `Constitution` and hashing it happen in `cai.constitution.load`. The keys
+a file may hold are the fields of the dataclasses in `cai.constitution.model`.
 See docs/constitution.md for the schema with an example of every field.
 """
 
@@ -13,8 +14,7 @@ from __future__ import annotations
 
 import math
 import re
-import string
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -22,46 +22,44 @@ import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from cai.config import did_you_mean
-from cai.errors import CaiError, Location
+from cai.constitution.model import (
+    TEMPLATE_PLACEHOLDERS,
+    ComparisonExample,
+    Constitution,
+    CritiqueExample,
+    Principle,
+    Templates,
+    template_placeholders,
+)
+from cai.errors import ConstitutionError, Location
+
+# --- The schema: the model's fields ------------------------------------------------------------
 
 
-@dataclass
-class ConstitutionError(CaiError):
-    """A principle file breaks the schema. Names file:line:column, the principle id where
-    there is one, what is wrong and how to fix it."""
-
-    principle: str | None = None
-
-    def __str__(self) -> str:
-        what = f"principle {self.principle!r}: {self.message}" if self.principle else self.message
-        where = str(self.location) if self.location else ""
-        head = f"{where}: {what}" if where else what
-        return f"{head}\n  fix: {self.fix}" if self.fix else head
+def file_keys(cls: type) -> tuple[str, ...]:
+    """The keys a file may give for `cls`: its fields, less those the loader computes."""
+    return tuple(f.name for f in fields(cls) if f.init and not f.metadata.get("computed"))
 
 
-# --- The schema ------------------------------------------------------------------------------
+def required_keys(cls: type, requests: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The file keys of `cls` without a default, less `requests` (which `principle: <id>` may
+    supply instead)."""
+    return tuple(f.name for f in fields(cls) if f.name in file_keys(cls) and f.name not in requests
+                 and f.default is MISSING and f.default_factory is MISSING)
 
-TOP_KEYS = ("name", "version", "description", "include", "disable", "templates", "principles",
-            "critique_examples", "comparison_examples")
+
+CRITIQUE_REQUESTS = ("critique_request", "revision_request")
+COMPARISON_REQUESTS = ("question",)
+TOP_KEYS = file_keys(Constitution) + ("include", "disable")
 TOP_REQUIRED = ("name", "version")
-PRINCIPLE_KEYS = ("id", "critique", "revision", "compare", "weight", "tags", "description")
-PRINCIPLE_REQUIRED = ("id", "critique", "revision", "compare")
-CRITIQUE_EXAMPLE_KEYS = ("prompt", "response", "principle", "critique_request", "critique",
-                         "revision_request", "revision")
-CRITIQUE_EXAMPLE_REQUIRED = ("prompt", "response", "critique", "revision")
-COMPARISON_EXAMPLE_KEYS = ("prompt", "response_a", "response_b", "principle", "question", "answer")
-COMPARISON_EXAMPLE_REQUIRED = ("prompt", "response_a", "response_b", "answer")
-
-TEMPLATE_PLACEHOLDERS: dict[str, tuple[str, ...]] = {
-    "critique": ("critique_request",),
-    "revision": ("revision_request",),
-    "direct_revision": ("revision_request",),
-    "judge": ("conversation", "question", "response_a", "response_b"),
-    "judge_answer": ("answer",),
-    "score": ("conversation", "question", "response"),
-    "score_answer": ("score",),
-}
-"""Each template kind must use exactly these placeholders, each at least once."""
+"""A file's identity; its description may be left out (it is then empty)."""
+PRINCIPLE_KEYS = file_keys(Principle)
+PRINCIPLE_REQUIRED = required_keys(Principle)
+CRITIQUE_EXAMPLE_KEYS = file_keys(CritiqueExample)
+CRITIQUE_EXAMPLE_REQUIRED = required_keys(CritiqueExample, CRITIQUE_REQUESTS)
+COMPARISON_EXAMPLE_KEYS = file_keys(ComparisonExample)
+COMPARISON_EXAMPLE_REQUIRED = required_keys(ComparisonExample, COMPARISON_REQUESTS)
+TEMPLATE_KEYS = file_keys(Templates)
 
 SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 
@@ -100,22 +98,6 @@ _STD_TAGS = {"tag:yaml.org,2002:" + t for t in ("str", "int", "float", "bool", "
 def slugify(text: str) -> str:
     """A slug close to `text`, used to suggest a valid id."""
     return re.sub(r"[^a-z0-9_-]+", "-", text.lower()).strip("-_")[:64] or "principle"
-
-
-def template_placeholders(text: str) -> list[str]:
-    """The placeholder names in a template; raises ValueError for a bad brace or a placeholder
-    that is not a plain `{name}` (no positional `{}`, format specs, conversions or attributes)."""
-    names = []
-    for _, name, spec, conversion in string.Formatter().parse(text):
-        if name is None:
-            continue
-        if name == "":
-            raise ValueError("empty placeholder {}")
-        if spec or conversion:
-            raise ValueError(f"placeholder {{{name}{'!' + conversion if conversion else ''}"
-                             f"{':' + spec if spec else ''}}} has a conversion or format spec")
-        names.append(name)
-    return names
 
 
 # --- What one file holds, checked --------------------------------------------------------------
@@ -379,7 +361,7 @@ class _Reader:
     # sections
 
     def templates(self, node: Node) -> None:
-        keys = self.mapping(node, tuple(TEMPLATE_PLACEHOLDERS), (), "templates")
+        keys = self.mapping(node, TEMPLATE_KEYS, (), "templates")
         for kind, (_, value_node) in (keys or {}).items():
             text = self.text_value(value_node, f"templates.{kind}")
             if text is None:
@@ -488,8 +470,8 @@ class _Reader:
 
     def critique_example(self, node: Node) -> Entry:
         return self.example(node, "critique example", CRITIQUE_EXAMPLE_KEYS,
-                            CRITIQUE_EXAMPLE_REQUIRED, ("critique_request", "revision_request"))
+                            CRITIQUE_EXAMPLE_REQUIRED, CRITIQUE_REQUESTS)
 
     def comparison_example(self, node: Node) -> Entry:
         return self.example(node, "comparison example", COMPARISON_EXAMPLE_KEYS,
-                            COMPARISON_EXAMPLE_REQUIRED, ("question",))
+                            COMPARISON_EXAMPLE_REQUIRED, COMPARISON_REQUESTS)
