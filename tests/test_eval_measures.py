@@ -95,7 +95,7 @@ def test_no_comparisons_is_a_clear_error():
         win_rate([])
 
 
-@pytest.mark.parametrize("bad", [float("nan"), -0.1, 1.5, "1"])
+@pytest.mark.parametrize("bad", [float("nan"), -0.1, 1.5, "1", None])
 def test_a_credit_outside_0_1_is_refused(bad):
     with pytest.raises(InputError, match="not a number in \\[0, 1\\]"):
         Comparison("x", True, bad)
@@ -191,6 +191,13 @@ def test_no_length_difference_leaves_the_raw_win_rate():
     comps = [c for i in range(20) for c in both_orders(f"p{i}", float(i % 4 != 0), float(i % 4 != 0), 50, 50)]
     lc = length_controlled_win_rate(comps)
     assert lc.estimate.value == lc.raw == 0.75 and lc.length_weight == 0.0 and lc.length_scale == 0.0
+
+
+def test_all_ties_of_varying_lengths_give_half_not_nan():
+    comps = [c for i in range(20) for c in both_orders(f"p{i}", 0.5, 0.5, 50 + 7 * i, 60)]
+    lc = length_controlled_win_rate(comps)
+    assert lc.estimate.value == pytest.approx(0.5) and lc.length_weight == pytest.approx(0.0, abs=1e-9)
+    assert lc.estimate.low == pytest.approx(0.5) and lc.estimate.high == pytest.approx(0.5)
 
 
 def test_one_length_difference_for_every_prompt_cannot_be_controlled():

@@ -23,6 +23,7 @@ Two kinds of interval, chosen by what varies independently:
 from __future__ import annotations
 
 import math
+import numbers
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -115,7 +116,7 @@ class Comparison:
     """The comparison principle this judgment asked (per-principle win rates group by it)."""
 
     def __post_init__(self) -> None:
-        if not (isinstance(self.credit, int | float) and 0.0 <= self.credit <= 1.0):
+        if not (isinstance(self.credit, numbers.Real) and 0.0 <= self.credit <= 1.0):  # NaN fails too
             raise InputError(f"credit {self.credit!r} is not a number in [0, 1]", Location(record=self.prompt_id),
                              fix="give 1 (win), 0.5 (tie), 0 (loss) or the judge's probability")
         if self.policy_tokens < 0 or self.baseline_tokens < 0:
