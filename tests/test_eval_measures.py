@@ -125,6 +125,21 @@ def test_the_bootstrap_is_seeded():
     assert win_rate(comps, seed=7).estimate.low != win_rate(comps, seed=8).estimate.low
 
 
+def test_orders_agree_when_both_prefer_the_same_answer_and_never_on_a_tie():
+    comps = both_orders("a", 0.9, 0.8) + both_orders("b", 0.2, 0.1) + both_orders("c", 0.9, 0.1) \
+        + both_orders("d", 0.5, 0.5)
+    assert [s.orders_agree for s in prompt_scores(comps)] == [1.0, 1.0, 0.0, 0.0]
+    assert win_rate(comps).orders_agree == 0.5
+
+
+@pytest.mark.parametrize("tokens", [(-1, 5), (5.5, 5), (float("nan"), 5)])
+def test_token_counts_must_be_whole_and_not_negative(tokens):
+    with pytest.raises(InputError, match="record 'x'.*not all whole numbers"):
+        Comparison("x", True, 1.0, *tokens)
+    with pytest.raises(InputError, match="record 'x'.*not all whole numbers"):
+        AnswerLengths("x", *tokens)
+
+
 def test_lengths_must_agree_between_the_orders_of_one_prompt():
     comps = [Comparison("a", True, 1.0, 10, 5), Comparison("a", False, 1.0, 12, 5)]
     with pytest.raises(InputError, match="record 'a'.*lengths differ"):

@@ -119,9 +119,13 @@ class Comparison:
         if not (isinstance(self.credit, numbers.Real) and 0.0 <= self.credit <= 1.0):  # NaN fails too
             raise InputError(f"credit {self.credit!r} is not a number in [0, 1]", Location(record=self.prompt_id),
                              fix="give 1 (win), 0.5 (tie), 0 (loss) or the judge's probability")
-        if self.policy_tokens < 0 or self.baseline_tokens < 0:
-            raise InputError(f"negative token count ({self.policy_tokens}, {self.baseline_tokens})",
-                             Location(record=self.prompt_id), fix="count the answer's tokens")
+        _check_tokens(self.prompt_id, self.policy_tokens, self.baseline_tokens)
+
+
+def _check_tokens(prompt_id: str, *counts: object) -> None:
+    if not all(isinstance(c, numbers.Integral) and c >= 0 for c in counts):
+        raise InputError(f"token counts {counts} are not all whole numbers >= 0", Location(record=prompt_id),
+                         fix="give each answer's length in tokens")
 
 
 def verdict(p: float, tie_margin: float = 0.0) -> float:
@@ -142,7 +146,8 @@ class PromptScore:
     policy_tokens: int
     baseline_tokens: int
     orders_agree: float
-    """Share of this prompt's principles under which both orders gave the same hard verdict."""
+    """Share of this prompt's principles under which both orders preferred the same answer (a tie
+    in either order agrees with nothing, as in `cai.judge.orders_agree`)."""
 
 
 def prompt_scores(comparisons: Sequence[Comparison]) -> list[PromptScore]:
@@ -168,7 +173,7 @@ def prompt_scores(comparisons: Sequence[Comparison]) -> list[PromptScore]:
                                  Location(record=pid), fix="judge every pair in both orders")
             a, b = sum(first) / len(first), sum(second) / len(second)
             per_principle.append((a + b) / 2)
-            agree.append(float(verdict(a) == verdict(b)))
+            agree.append(float((a > 0.5 and b > 0.5) or (a < 0.5 and b < 0.5)))
         scores.append(PromptScore(pid, sum(per_principle) / len(per_principle), *lengths[pid],
                                   sum(agree) / len(agree)))
     return scores
@@ -184,7 +189,8 @@ class WinRate:
     losses: int
     """Prompts whose score is above, at, or below 0.5."""
     orders_agree: float
-    """Mean share of principles per prompt under which both orders agreed (position consistency)."""
+    """Mean over prompts of the share of principles under which both orders preferred the same
+    answer (position consistency; ties agree with nothing)."""
 
 
 def _win_rate_of(scores: list[PromptScore], resamples: int, seed: int) -> WinRate:
@@ -347,6 +353,9 @@ class AnswerLengths:
     baseline_tokens: int
     policy_truncated: bool = False
     baseline_truncated: bool = False
+
+    def __post_init__(self) -> None:
+        _check_tokens(self.prompt_id, self.policy_tokens, self.baseline_tokens)
 
 
 @dataclass(frozen=True)
