@@ -8,11 +8,13 @@ import random
 import numpy as np
 import pytest
 
+from cai.constitution import Principle
 from cai.errors import InputError
 from cai.eval.measures import (
     AnswerLengths,
     Comparison,
     bootstrap_mean,
+    comparisons_from_judgment,
     fit_length_glm,
     harmless_rate,
     length_controlled_win_rate,
@@ -24,6 +26,7 @@ from cai.eval.measures import (
     win_rate,
     win_rate_by_principle,
 )
+from cai.judge import Judgment, combine
 
 
 def both_orders(pid: str, first: float, second: float, policy_tokens: int = 0, baseline_tokens: int = 0,
@@ -138,6 +141,30 @@ def test_token_counts_must_be_whole_and_not_negative(tokens):
         Comparison("x", True, 1.0, *tokens)
     with pytest.raises(InputError, match="record 'x'.*not all whole numbers"):
         AnswerLengths("x", *tokens)
+
+
+def judged(p_xy, p_yx, ids=("harm", "help")):
+    principles = tuple(Principle(i, "critique", "revise", "Which is better?") for i in ids[:len(p_xy)])
+    p, agree = combine(p_xy, p_yx)  # the judge's own label of the pair
+    return Judgment("pair", "judged", principles, p=p, agree=agree, p_xy=tuple(p_xy), p_yx=tuple(p_yx))
+
+
+def test_a_judges_record_becomes_both_orders_with_the_policy_on_either_side():
+    j = judged((0.9, 0.6), (0.3, 0.2))  # P(A) with x first; P(A) with y first
+    as_x = comparisons_from_judgment("q", j, policy_is_x=True, policy_tokens=7, baseline_tokens=5)
+    assert [(c.policy_first, c.credit, c.principle) for c in as_x] == [
+        (True, 0.9, "harm"), (False, pytest.approx(0.7), "harm"), (True, 0.6, "help"), (False, 0.8, "help")]
+    assert prompt_scores(as_x)[0].score == pytest.approx(j.p)  # the same number the judge labels with
+    as_y = comparisons_from_judgment("q", j, policy_is_x=False)
+    assert prompt_scores(as_y)[0].score == pytest.approx(1 - j.p)
+    hard = comparisons_from_judgment("q", j, policy_is_x=True, tie_margin=0.15)
+    assert [c.credit for c in hard] == [1.0, 1.0, 0.5, 1.0]
+
+
+def test_a_pair_the_judge_could_not_score_is_refused_by_name():
+    j = Judgment("pair", "too_long", (), detail="prompt of 9000 tokens")
+    with pytest.raises(InputError, match="record 'q'.*not judged \\(too_long: prompt of 9000 tokens\\)"):
+        comparisons_from_judgment("q", j, policy_is_x=True)
 
 
 def test_lengths_must_agree_between_the_orders_of_one_prompt():

@@ -27,6 +27,7 @@ import numbers
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -134,6 +135,31 @@ def verdict(p: float, tie_margin: float = 0.0) -> float:
     if abs(p - 0.5) <= tie_margin:
         return 0.5
     return 1.0 if p > 0.5 else 0.0
+
+
+def comparisons_from_judgment(prompt_id: str, judgment: Any, *, policy_is_x: bool, policy_tokens: int = 0,
+                              baseline_tokens: int = 0, tie_margin: float | None = None) -> list[Comparison]:
+    """The two orders of each principle of one judged pair (a `cai.judge.Judgment`), as Comparisons.
+
+    `judgment.p_xy[i]` is P(A) with x shown as (A), i.e. P(x better) in the x-first order;
+    `judgment.p_yx[i]` is P(A) with y shown as (A), i.e. P(y better) in the y-first order.
+    `policy_is_x` says which of the pair's responses is the policy's. The credits are the raw
+    per-order probabilities (soft; CoT clamping is for training labels, not for measuring), or
+    hard verdicts when `tie_margin` is given. With soft credits and no clamping, the prompt's
+    score equals the judgment's `p` (for x) or 1 - `p` (for y).
+    """
+    if judgment.status != "judged":
+        raise InputError(f"the pair was not judged ({judgment.status}: {judgment.detail})", Location(record=prompt_id),
+                         fix="give the judge a longer context, or leave this prompt out of the suite")
+    out = []
+    for principle, p_xy, p_yx in zip(judgment.principles, judgment.p_xy, judgment.p_yx, strict=True):
+        # Credit of the policy in the order where it is shown first, then where it is shown second.
+        first, second = (p_xy, 1.0 - p_yx) if policy_is_x else (p_yx, 1.0 - p_xy)
+        if tie_margin is not None:
+            first, second = verdict(first, tie_margin), verdict(second, tie_margin)
+        out += [Comparison(prompt_id, True, first, policy_tokens, baseline_tokens, principle.id),
+                Comparison(prompt_id, False, second, policy_tokens, baseline_tokens, principle.id)]
+    return out
 
 
 @dataclass(frozen=True)
