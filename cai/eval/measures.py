@@ -111,8 +111,9 @@ class Comparison:
     """The policy's credit in this order: 1 win, 0.5 tie, 0 loss, or the judge's probability that
     the policy's answer is better (a soft credit; `verdict` turns one into a hard one)."""
     policy_tokens: int = 0
+    """The policy answer's length in tokens (the length control reads it); the same in both orders."""
     baseline_tokens: int = 0
-    """Answer lengths in tokens (the length control and drift read them); the same in both orders."""
+    """The baseline answer's length in tokens."""
     principle: str = ""
     """The comparison principle this judgment asked (per-principle win rates group by it)."""
 
@@ -211,9 +212,11 @@ class WinRate:
 
     estimate: Estimate
     wins: int
+    """Prompts whose score is above 0.5."""
     ties: int
+    """Prompts whose score is exactly 0.5."""
     losses: int
-    """Prompts whose score is above, at, or below 0.5."""
+    """Prompts whose score is below 0.5."""
     orders_agree: float
     """Mean over prompts of the share of principles under which both orders preferred the same
     answer (position consistency; ties agree with nothing)."""
@@ -391,13 +394,16 @@ class LengthDrift:
     difference: Estimate
     """Mean of (policy tokens - baseline tokens) per prompt, prompt-level bootstrap interval."""
     policy_mean_tokens: float
+    """The policy's mean answer length in tokens."""
     baseline_mean_tokens: float
+    """The baseline's mean answer length in tokens."""
     ratio: float | None
     """policy mean / baseline mean (verbosity); None when the baseline's mean is 0."""
     policy_truncated: Estimate
+    """Share of the policy's answers that stopped at the token limit (Wilson): a rise means the
+    policy runs on past what the limit allows, and its measured length is a floor."""
     baseline_truncated: Estimate
-    """Shares of answers that stopped at the token limit (Wilson): a rise means the policy runs
-    on past what the limit allows, and its measured length is a floor."""
+    """The same share for the baseline."""
 
 
 def length_drift(rows: Sequence[AnswerLengths], *, resamples: int = RESAMPLES, seed: int = 0) -> LengthDrift:
