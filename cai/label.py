@@ -57,9 +57,18 @@ from cai.judge import (
     resolve_judge_engine,
 )
 from cai.progress import make_progress
-from cai.records import JsonlStore, locked_run, open_run_dir, read_jsonl, read_jsonl_numbered, write_jsonl_atomic
+from cai.records import JsonlStore, locked_run, open_run_dir, read_jsonl_numbered, write_jsonl_atomic
 from cai.reward import parse_dialogue
-from cai.schema import ConstitutionStamp, JudgedPreference, PairJudgment, ReviseRecord, read_records
+from cai.schema import (
+    ConstitutionStamp,
+    JudgedPreference,
+    PairJudgment,
+    PromptSamples,
+    RejectedPrompt,
+    ReviseRecord,
+    read_records,
+    sample_record,
+)
 
 RESPONSES_FILE = "responses.jsonl"
 JUDGMENTS_FILE = "judgments.jsonl"
@@ -369,13 +378,13 @@ def sample_prompt_groups(cfg: LabelConfig, store: JsonlStore, records: list, eng
             k = cfg.samples_per_prompt
             for i, (r, seed) in enumerate(zip(chunk, seeds, strict=True)):
                 comps = outs[i * k:(i + 1) * k]
-                store.append({
-                    "id": r.id, "status": "sampled", "prompt": r.conversation, "responses": [c.text for c in comps],
-                    "finish_reasons": [c.finish_reason for c in comps],
-                    "completion_tokens": [c.completion_tokens for c in comps], "source": r.source,
+                store.append(PromptSamples(
+                    id=r.id, status="sampled", prompt=tuple(r.conversation), responses=tuple(c.text for c in comps),
+                    finish_reasons=tuple(c.finish_reason for c in comps),
+                    completion_tokens=tuple(c.completion_tokens for c in comps), source=r.source,
                     **provenance.stamp(policy, sampling.to_dict(), seed),
-                    "key": sample_key(cfg, r, policy),
-                })
+                    key=sample_key(cfg, r, policy),
+                ).to_dict())
                 tokens += sum(c.completion_tokens for c in comps)
             store.flush()
             progress.update(task, advance=len(chunk), tokens=tokens)
@@ -482,20 +491,23 @@ def _prompt_groups(cfg: LabelConfig, out: Path, judge_engine: Engine | None, pol
             fits, too_long = reject_too_long([r for r in records if r.id not in store], engine,
                                              cfg.policy_max_tokens)
             # Stored too, so that a resumed job reports the same rejects without a model.
-            store.extend({"id": r.id, "status": "rejected", **r.to_dict(), "key": keys[r.id]} for r in too_long)
+            store.extend(RejectedPrompt(id=r.id, status="rejected", source=r.source, reason=r.reason, fix=r.fix,
+                                        key=keys[r.id]).to_dict() for r in too_long)
             sample_prompt_groups(cfg, store, fits, engine, policy)
         resampled = len(store.stale)
-    stored = {rec["id"]: rec for rec in read_jsonl(out / RESPONSES_FILE)}
+    path = out / RESPONSES_FILE
+    stored = {rec.id: rec for rec in (sample_record(d, Location(str(path), line))
+                                      for line, d in read_jsonl_numbered(path))}
     pairs = pair_indices(cfg.samples_per_prompt, cfg.pairing)
     groups = []
     for r in records:
         rec = stored[r.id]
-        if rec.get("status") == "rejected":
-            rejects.append(Reject(r.id, r.source, rec["reason"], rec["fix"]))
+        if isinstance(rec, RejectedPrompt):
+            rejects.append(Reject(r.id, r.source, rec.reason, rec.fix))
             continue
-        finish = rec.get("finish_reasons") or ["stop"] * len(rec["responses"])
+        finish = rec.finish_reasons or ("stop",) * len(rec.responses)
         cands = tuple(Candidate(t.strip(), f"{r.id}#{i}", f)
-                      for i, (t, f) in enumerate(zip(rec["responses"], finish, strict=True)))
+                      for i, (t, f) in enumerate(zip(rec.responses, finish, strict=True)))
         groups.append(Group(r.id, r.conversation, cands, pairs, r.source))
     return groups, rejects, resampled
 

@@ -184,6 +184,55 @@ def chain_flags(initial: Step, rounds: tuple[Round, ...] | list[Round]) -> list[
     return flags
 
 
+# --- cai label, prompts input: responses.jsonl -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PromptSamples(Record):
+    """The policy's samples for one prompt, as `cai label` stores them before judging (status
+    "sampled"), so that a resumed job judges exactly the same responses."""
+
+    FIX: ClassVar[str] = ("delete the line from responses.jsonl (the prompt is sampled again on the next run), "
+                          "or start again in a new --out folder")
+
+    id: str
+    status: Literal["sampled"]
+    prompt: tuple[Message, ...]
+    responses: tuple[str, ...]
+    finish_reasons: tuple[str, ...] | None = field(kw_only=True, default=None, metadata=OMIT_NONE)
+    """How each sample ended; None (absent) in samples stored before cai recorded it: read as "stop"."""
+    completion_tokens: tuple[int, ...]
+    source: str
+    model: str
+    model_fingerprint: str | None
+    engine: dict[str, Any]
+    sampling: dict[str, Any]
+    seed: int
+    cai_version: str
+    key: str
+
+
+@dataclass(frozen=True)
+class RejectedPrompt(Record):
+    """A prompt too long to sample (status "rejected"), stored so that a resumed job reports the
+    same rejects without loading the policy."""
+
+    FIX: ClassVar[str] = PromptSamples.FIX
+
+    id: str
+    status: Literal["rejected"]
+    source: str
+    reason: str
+    fix: str
+    key: str
+
+
+def sample_record(d: Any, where: Location | None = None) -> PromptSamples | RejectedPrompt:
+    """A line of responses.jsonl: samples, or a rejected prompt (by its `status`)."""
+    rejected = isinstance(d, dict) and d.get("status") == "rejected"
+    return (RejectedPrompt if rejected else PromptSamples).from_dict(d, where)
+
+
 # --- Judgments: cai label and cai judge eval -----------------------------------------------------
 
 
