@@ -391,7 +391,8 @@ _NAMES = {str: "a string", int: "a whole number", float: "a number", bool: "true
 
 def _read(cls: type[R], d: Any, path: str, where: Location, fix: str) -> R:
     if not isinstance(d, dict):
-        raise RecordError(f"{path or 'the record'} must be a JSON object, got {_shown(d)}", where, fix=fix)
+        what = f"field {path!r}" if path else "the record"
+        raise RecordError(f"{what} must be a JSON object, got {_shown(d)}", where, fix=fix)
     values = {}
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
         kind = _hints(cls)[f.name]
