@@ -212,3 +212,21 @@ def test_a_hand_edited_judgment_is_a_located_error_on_resume(tmp_path):
     with pytest.raises(RecordError, match=r"judgments.jsonl:2, record 'a/0-2': field 'agree' is missing\n  fix: "
                                           r"delete the line from judgments.jsonl"):
         run_label(cfg, judge_engine=FakeEngine(score=good_judge))
+
+
+def test_the_architecture_doc_lists_every_record_with_its_keys():
+    import re
+
+    import cai.schema as schema
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "architecture.md").read_text()
+    table = doc.split("## Records between stages", 1)[1].split("\n\n", 3)[2]
+    listed = {}
+    for row in table.splitlines()[2:]:
+        name, _, keys = (c.strip() for c in row.strip("|").split("|"))
+        listed[name.strip("`")] = re.findall(r"`([^`]+)`", keys)
+    records = {n: c for n, c in vars(schema).items()
+               if isinstance(c, type) and issubclass(c, schema.Record) and c is not schema.Record}
+    assert set(listed) == set(records)
+    for name, cls in records.items():
+        assert listed[name] == columns(cls), name
