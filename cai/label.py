@@ -64,6 +64,7 @@ from cai.schema import (
     JudgedPreference,
     PairJudgment,
     PromptSamples,
+    Provenance,
     RejectedPrompt,
     ReviseRecord,
     read_records,
@@ -382,7 +383,7 @@ def sample_prompt_groups(cfg: LabelConfig, store: JsonlStore, records: list, eng
                     id=r.id, status="sampled", prompt=tuple(r.conversation), responses=tuple(c.text for c in comps),
                     finish_reasons=tuple(c.finish_reason for c in comps),
                     completion_tokens=tuple(c.completion_tokens for c in comps), source=r.source,
-                    **provenance.stamp(policy, sampling.to_dict(), seed),
+                    provenance=Provenance(**provenance.stamp(policy, sampling.to_dict(), seed)),
                     key=sample_key(cfg, r, policy),
                 ).to_dict())
                 tokens += sum(c.completion_tokens for c in comps)

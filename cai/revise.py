@@ -52,7 +52,7 @@ from cai.prompts import (
     with_critique,
 )
 from cai.records import JsonlStore, lock_run_dir, open_run_dir, write_jsonl_atomic
-from cai.schema import ConstitutionStamp, ReviseRecord, Round, Step, chain_flags, read_records
+from cai.schema import ConstitutionStamp, Provenance, ReviseRecord, Round, Step, chain_flags, read_records
 
 RECORDS_FILE = "records.jsonl"
 REJECTS_FILE = "rejects.jsonl"
@@ -365,7 +365,7 @@ class _ChunkRunner:
             flags=tuple(chain_flags(ch.initial, ch.rounds)),
             direct=self.cfg.direct,
             constitution=ConstitutionStamp(name=self.c.name, version=self.c.version, hash=self.c.hash),
-            **provenance.stamp(model, samplings, self.cfg.seed),
+            provenance=Provenance(**provenance.stamp(model, samplings, self.cfg.seed)),
             clean_version=CLEAN_VERSION,
             key=record_key(ch.prompt.conversation, self.c, ch.principles, model, samplings, self.cfg),
         )

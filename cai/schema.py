@@ -137,6 +137,22 @@ class ConstitutionStamp(Record):
 
 
 @dataclass(frozen=True)
+class Provenance(Record):
+    """How a generated record was made (cai.provenance.stamp), written inline in it."""
+
+    model: str
+    """The model's name (aliases spelled out)."""
+    model_fingerprint: str | None
+    """Its folder's fingerprint (cai.models.fingerprint); None for a model with no local folder."""
+    engine: dict[str, Any]
+    """The engine settings that change outputs (backend, dtype)."""
+    sampling: dict[str, Any]
+    """The sampling parameters (revise: {"response": ..., "critique": ...})."""
+    seed: int
+    cai_version: str
+
+
+@dataclass(frozen=True)
 class ReviseRecord(Record):
     """One prompt's chain, as `cai revise` writes it to records.jsonl (one line per prompt id)."""
 
@@ -156,14 +172,7 @@ class ReviseRecord(Record):
     """Every flag of the chain, named by its step: "initial:truncated", "round2.critique:empty"."""
     direct: bool
     constitution: ConstitutionStamp
-    model: str
-    model_fingerprint: str | None
-    engine: dict[str, Any]
-    """The engine settings that change outputs (backend, dtype)."""
-    sampling: dict[str, Any]
-    """{"response": Sampling, "critique": Sampling} as dicts."""
-    seed: int
-    cai_version: str
+    provenance: Provenance = field(metadata=FLAT)
     clean_version: int
     key: str
     """The hash of everything the record is made from (cai.revise.record_key)."""
@@ -203,12 +212,7 @@ class PromptSamples(Record):
     """How each sample ended; None (absent) in samples stored before cai recorded it: read as "stop"."""
     completion_tokens: tuple[int, ...]
     source: str
-    model: str
-    model_fingerprint: str | None
-    engine: dict[str, Any]
-    sampling: dict[str, Any]
-    seed: int
-    cai_version: str
+    provenance: Provenance = field(metadata=FLAT)
     key: str
 
 

@@ -16,7 +16,7 @@ from cai.export import (
     split_rows,
     write_dataset,
 )
-from cai.schema import ConstitutionStamp, ReviseRecord, Round, Step, chain_flags
+from cai.schema import ConstitutionStamp, Provenance, ReviseRecord, Round, Step, chain_flags
 from cai.train_common import read_rows
 
 
@@ -36,8 +36,9 @@ def record(rid, initial="first answer", revisions=("better", "best"), rev_flags=
         source=f"prompts.jsonl:{rid}", initial=step(initial, init_flags), rounds=rounds, final=revisions[-1],
         flags=tuple(chain_flags(step(initial, init_flags), rounds)), direct=False,
         constitution=ConstitutionStamp(name="c", version="1", hash="chash"),
-        model="m", model_fingerprint="fp", engine={"backend": "fake", "dtype": "auto"},
-        sampling={"response": {}, "critique": {}}, seed=0, cai_version="0", clean_version=2, key=f"key-{rid}",
+        provenance=Provenance(model="m", model_fingerprint="fp", engine={"backend": "fake", "dtype": "auto"},
+                              sampling={"response": {}, "critique": {}}, seed=0, cai_version="0"),
+        clean_version=2, key=f"key-{rid}",
     )
 
 

@@ -20,7 +20,7 @@ from cai.export import split_of
 from cai.judge import JudgeOptions
 from cai.label import LabelConfig, detect_kind, run_label
 from cai.records import TornTailWarning, read_jsonl
-from cai.schema import ConstitutionStamp, ReviseRecord, Round, Step, chain_flags
+from cai.schema import ConstitutionStamp, Provenance, ReviseRecord, Round, Step, chain_flags
 
 REPO = Path(__file__).resolve().parent.parent
 CONSTITUTION = REPO / "principles.yaml"
@@ -200,9 +200,10 @@ def revise_record(rid: str, texts: list[str], flags: dict[int, list[str]] | None
     return ReviseRecord(
         id=rid, input=({"role": "user", "content": f"prompt {rid}"},), source=f"prompts.jsonl:{rid}",
         initial=initial, rounds=rounds, final=texts[-1], flags=tuple(chain_flags(initial, rounds)), direct=False,
-        constitution=ConstitutionStamp(name="x", version="1", hash="h"), model="m", model_fingerprint=None,
-        engine={"backend": "fake", "dtype": "auto"}, sampling={"response": {}, "critique": {}}, seed=0,
-        cai_version="0", clean_version=2, key="k",
+        constitution=ConstitutionStamp(name="x", version="1", hash="h"),
+        provenance=Provenance(model="m", model_fingerprint=None, engine={"backend": "fake", "dtype": "auto"},
+                              sampling={"response": {}, "critique": {}}, seed=0, cai_version="0"),
+        clean_version=2, key="k",
     ).to_dict()
 
 
