@@ -219,7 +219,6 @@ class Judgment:
                        prompt_tokens=self.prompt_tokens, detail=self.detail)
 
 
-
 def check_options(c: Constitution, options: JudgeOptions) -> None:
     """Refuse, before any work, options this constitution cannot serve."""
     if not c.principles:

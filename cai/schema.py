@@ -59,16 +59,14 @@ class Record:
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        for f in dataclasses.fields(self):  # type: ignore[arg-type]
-            value = getattr(self, f.name)
-            if f.metadata.get("flat"):
+        for name, _, flat, turn, _, omit_none in _plan(type(self)):
+            value = getattr(self, name)
+            if flat:
                 out.update(value.to_dict())
-            elif value is None and f.metadata.get("omit_none"):
-                continue
-            elif f.metadata.get("turn"):
-                out[f.name] = assistant(value)
-            else:
-                out[f.name] = _jsonable(value)
+            elif turn:
+                out[name] = assistant(value)
+            elif value is not None or not omit_none:
+                out[name] = _jsonable(value)
         return out
 
     @classmethod
@@ -390,7 +388,24 @@ def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
+@functools.cache
+def _plan(cls: type) -> tuple[tuple[str, Any, bool, bool, bool, bool], ...]:
+    """Per field, once per class: (name, type, flat, turn, required, omit_none)."""
+    return tuple((f.name, _hints(cls)[f.name], bool(f.metadata.get("flat")), bool(f.metadata.get("turn")),
+                  f.default is dataclasses.MISSING, bool(f.metadata.get("omit_none")))
+                 for f in dataclasses.fields(cls))
+
+
+@functools.cache
+def _shape(kind: Any) -> tuple[Any, tuple[Any, ...]]:
+    """(origin, args) of a field type, once per type: "record" for a nested record."""
+    if isinstance(kind, type) and issubclass(kind, Record):
+        return "record", ()
+    return typing.get_origin(kind), typing.get_args(kind)
+
+
 _NAMES = {str: "a string", int: "a whole number", float: "a number", bool: "true or false", type(None): "null"}
+_SCALARS = (str, int, float, bool)
 
 
 def _read(cls: type[R], d: Any, path: str, where: Location, fix: str) -> R:
@@ -398,25 +413,24 @@ def _read(cls: type[R], d: Any, path: str, where: Location, fix: str) -> R:
         what = f"field {path!r}" if path else "the record"
         raise RecordError(f"{what} must be a JSON object, got {_shown(d)}", where, fix=fix)
     values = {}
-    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-        kind = _hints(cls)[f.name]
-        name = f"{path}.{f.name}" if path else f.name
-        if f.metadata.get("flat"):
-            values[f.name] = _read(kind, d, path, where, fix)
-        elif f.name not in d:
-            if f.default is dataclasses.MISSING:
+    for fname, kind, flat, turn, required, _ in _plan(cls):
+        name = f"{path}.{fname}" if path else fname
+        if flat:
+            values[fname] = _read(kind, d, path, where, fix)
+        elif fname not in d:
+            if required:
                 raise RecordError(f"field {name!r} is missing", where, fix=fix)
-        elif f.metadata.get("turn"):
-            values[f.name] = _turn(d[f.name], name, where, fix)
+        elif turn:
+            values[fname] = _turn(d[fname], name, where, fix)
         else:
-            values[f.name] = _value(kind, d[f.name], name, where, fix)
+            values[fname] = _value(kind, d[fname], name, where, fix)
     return cls(**values)
 
 
 def _value(kind: Any, v: Any, name: str, where: Location, fix: str) -> Any:
     """`v` checked against the field type `kind` (and tuples made of lists)."""
-    origin, args = typing.get_origin(kind), typing.get_args(kind)
-    if isinstance(kind, type) and issubclass(kind, Record):
+    origin, args = _shape(kind)
+    if origin == "record":
         return _read(kind, v, name, where, fix)
     if origin in (typing.Union, types.UnionType):
         if v is None and type(None) in args:
@@ -428,11 +442,7 @@ def _value(kind: Any, v: Any, name: str, where: Location, fix: str) -> Any:
                               where, fix=fix)
         return v
     if origin is tuple:
-        if not isinstance(v, list) or (args[-1] is not Ellipsis and len(v) != len(args)):
-            size = "a list" if args[-1] is Ellipsis else f"a list of {len(args)}"
-            raise RecordError(f"field {name!r} must be {size}, got {_shown(v)}", where, fix=fix)
-        each = [args[0]] * len(v) if args[-1] is Ellipsis else list(args)
-        return tuple(_value(k, x, f"{name}[{i}]", where, fix) for i, (k, x) in enumerate(zip(each, v, strict=True)))
+        return _tuple(args, v, name, where, fix)
     if origin is dict:
         if not isinstance(v, dict):
             raise RecordError(f"field {name!r} must be a JSON object, got {_shown(v)}", where, fix=fix)
@@ -444,10 +454,28 @@ def _value(kind: Any, v: Any, name: str, where: Location, fix: str) -> Any:
         return dict(v)
     if kind is Any:
         return v
-    ok = isinstance(v, int | float) if kind is float else isinstance(v, kind)
-    if not ok or (kind is not bool and isinstance(v, bool)):
+    if not _is(kind, v):
         raise RecordError(f"field {name!r} must be {_NAMES[kind]}, got {_shown(v)}", where, fix=fix)
     return v
+
+
+def _tuple(args: tuple[Any, ...], v: Any, name: str, where: Location, fix: str) -> tuple:
+    """A JSON list read as a tuple: `tuple[T, ...]` (any length) or `tuple[T1, T2, ...]` (fixed)."""
+    any_length = args[-1] is Ellipsis
+    if not isinstance(v, list) or (not any_length and len(v) != len(args)):
+        size = "a list" if any_length else f"a list of {len(args)}"
+        raise RecordError(f"field {name!r} must be {size}, got {_shown(v)}", where, fix=fix)
+    each = [args[0]] * len(v) if any_length else list(args)
+    if all(k in _SCALARS for k in each) and all(_is(k, x) for k, x in zip(each, v, strict=True)):
+        return tuple(v)  # the common case (flags, probabilities, ids), checked without naming every item
+    return tuple(_value(k, x, f"{name}[{i}]", where, fix) for i, (k, x) in enumerate(zip(each, v, strict=True)))
+
+
+def _is(kind: type, v: Any) -> bool:
+    """Whether a JSON value is of a scalar field type: an int is a float, a bool is neither."""
+    if isinstance(v, bool):
+        return kind is bool
+    return isinstance(v, int | float) if kind is float else isinstance(v, kind)
 
 
 def _turn(v: Any, name: str, where: Location, fix: str) -> str:
