@@ -71,8 +71,9 @@ class Record:
 
     @classmethod
     def from_dict(cls: type[R], d: Any, where: Location | None = None) -> R:
-        """Read a record written by `to_dict` (or by any earlier cai); `where` (file and line) is
-        named in the error for a malformed one, with the record's id and the field."""
+        """Read a record written by `to_dict`, or by cai before these types (the same format 1:
+        tests/records_v1); `where` (file and line) is named in the error for a malformed one,
+        with the record's id and the field."""
         where = Location() if where is None else where
         if isinstance(d, dict) and where.record is None and isinstance(d.get("id"), str | int):
             where = dataclasses.replace(where, record=str(d["id"]))
