@@ -8,8 +8,6 @@ import json
 from pathlib import Path
 
 import pytest
-from test_label import good_judge
-from test_revise import CONSTITUTION, scripted
 
 from cai.engine.fake import FakeEngine
 from cai.errors import InputError, Location, RecordError
@@ -34,6 +32,18 @@ from cai.schema import (
 
 V1 = Path(__file__).resolve().parent / "records_v1"
 PRINCIPLES = Path(__file__).resolve().parents[1] / "principles.yaml"
+
+
+def answer(prompt: str, i: int) -> str:
+    """A scripted policy: "good" a varying number of times, with a label for the cleaner to strip."""
+    return "Revision: " + "good " * (len(prompt) % 3) + f"answer {i}"
+
+
+def good_judge(prompt: str, option: str) -> float:
+    """Prefers the response with more "good" in it (A and B as the judge prompt shows them)."""
+    a = prompt.rsplit("(A) <response>\n", 1)[1].split("\n</response>", 1)[0]
+    b = prompt.rsplit("(B) <response>\n", 1)[1].split("\n</response>", 1)[0]
+    return float((a if option == "A" else b).count("good"))
 
 
 def lines(path: Path) -> list[str]:
@@ -88,12 +98,10 @@ def test_samples_stored_before_finish_reasons_were_recorded_still_read():
 
 
 def test_a_fresh_run_reads_back_to_the_same_bytes(tmp_path):
-    c = tmp_path / "c.yaml"
-    c.write_text(CONSTITUTION)
     prompts = tmp_path / "p.jsonl"
     prompts.write_text("".join(json.dumps({"id": f"r{i}", "prompt": f"question {i} ü"}) + "\n" for i in range(4)))
-    run_revise(ReviseConfig(prompts=prompts, out=tmp_path / "rev", constitution=c), FakeEngine(respond=scripted),
-               progress=False)
+    run_revise(ReviseConfig(prompts=prompts, out=tmp_path / "rev", constitution=PRINCIPLES),
+               FakeEngine(respond=answer), progress=False)
     run_label(LabelConfig(input=prompts, out=tmp_path / "lab", constitution=PRINCIPLES, keep_ties=True),
               judge_engine=FakeEngine(score=good_judge, respond=lambda p, i: "good " * (i % 3) + "answer"))
     pairs = tmp_path / "pairs.jsonl"
