@@ -57,6 +57,11 @@ class InputError(CaiError):
     """A user's input file (prompts, pairs, datasets) cannot be read or has a bad record."""
 
 
+class RecordError(InputError):
+    """A record a stage wrote (records.jsonl, judgments.jsonl, prefs.jsonl, ...) is malformed, or of
+    a format newer than this cai reads (cai.schema)."""
+
+
 class ModelNotFoundError(CaiError):
     """A model name resolves to nothing that can be loaded here."""
 

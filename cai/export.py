@@ -13,7 +13,8 @@ split is decided per record id by a seeded hash, so a prompt lands in the same s
 and in every kind of data (its SFT rows and its preference pairs are never on opposite sides).
 
 The revise stage exports its revisions here (`export_revisions`); the label stage reuses
-`pref_row`, `split_rows` and `write_dataset` for its judged pairs.
+`split_rows` and `write_dataset` for its judged pairs. The rows are the typed records of
+cai.schema (`SftRow`, `RevisionPreference`), written by their `to_dict`.
 docs/revise.md documents the columns and splits.
 """
 
@@ -30,6 +31,7 @@ from typing import Any
 from cai.clean import FLAGS
 from cai.errors import ConfigError
 from cai.records import write_jsonl_atomic
+from cai.schema import ReviseRecord, RevisionPreference, SftRow, Step, assistant
 
 SFT_FILE = "sft.jsonl"
 PREFS_FILE = "prefs.jsonl"
@@ -81,65 +83,49 @@ class ExportSummary:
 # --- Rows --------------------------------------------------------------------------------------
 
 
-def assistant(text: str) -> list[dict[str, str]]:
-    return [{"role": "assistant", "content": text}]
-
-
-def pref_row(record_id: str, prompt: list[dict[str, str]], chosen: str, rejected: str,
-             **columns: Any) -> dict[str, Any]:
-    """One preference pair in TRL's conversational format, with provenance columns after."""
-    return {"id": record_id, "prompt": list(prompt), "chosen": assistant(chosen),
-            "rejected": assistant(rejected), **columns}
-
-
-def _flag_reason(step: dict[str, Any], skip: Sequence[str]) -> str | None:
-    bad = [f for f in step.get("flags", ()) if f in skip]
+def _flag_reason(step: Step, skip: Sequence[str]) -> str | None:
+    bad = [f for f in step.flags if f in skip]
     return f"flagged: {bad[0]}" if bad else None
 
 
-def revision_sft_rows(records: Iterable[dict[str, Any]], cfg: ExportConfig) -> tuple[list[dict], Counter]:
+def revision_sft_rows(records: Iterable[ReviseRecord], cfg: ExportConfig) -> tuple[list[dict], Counter]:
     """SFT rows from revise records: prompt turns + the final revision (or every round's
     revision with `sft_all_rounds`). A flagged revision is left out, with its reason counted."""
     rows, skipped = [], Counter()
     for rec in records:
-        rounds = rec["rounds"] if cfg.sft_all_rounds else rec["rounds"][-1:]
+        rounds = rec.rounds if cfg.sft_all_rounds else rec.rounds[-1:]
         for rnd in rounds:
-            reason = _flag_reason(rnd["revision"], cfg.skip_flags)
+            reason = _flag_reason(rnd.revision, cfg.skip_flags)
             if reason:
                 skipped[reason] += 1
                 continue
-            rows.append({
-                "id": rec["id"],
-                "messages": list(rec["input"]) + assistant(rnd["revision"]["text"]),
-                "round": rnd["round"],
-                "principle": rnd["principle"],
-                "principle_hash": rnd["principle_hash"],
-                "constitution_hash": rec["constitution"]["hash"],
-                "key": rec["key"],
-            })
+            rows.append(SftRow(
+                id=rec.id, messages=rec.input + tuple(assistant(rnd.revision.text)), round=rnd.round,
+                principle=rnd.principle, principle_hash=rnd.principle_hash,
+                constitution_hash=rec.constitution.hash, key=rec.key,
+            ).to_dict())
     return rows, skipped
 
 
-def revision_pref_rows(records: Iterable[dict[str, Any]], cfg: ExportConfig) -> tuple[list[dict], Counter]:
+def revision_pref_rows(records: Iterable[ReviseRecord], cfg: ExportConfig) -> tuple[list[dict], Counter]:
     """Preference pairs from revise records: the final revision (chosen) over the initial
     response (rejected), as Hugging Face's CAI recipe built its pairs (no judge). Left out: a
     pair with a flagged side, and a pair whose revision is the original unchanged (no signal)."""
     rows, skipped = [], Counter()
     for rec in records:
-        initial, final = rec["initial"], rec["rounds"][-1]["revision"]
+        initial, final = rec.initial, rec.rounds[-1].revision
         reason = _flag_reason(final, cfg.skip_flags) or _flag_reason(initial, cfg.skip_flags)
-        if reason is None and final["text"].strip() == initial["text"].strip():
+        if reason is None and final.text.strip() == initial.text.strip():
             reason = "unchanged"
         if reason:
             skipped[reason] += 1
             continue
-        rows.append(pref_row(
-            rec["id"], rec["input"], final["text"], initial["text"],
-            principles=[r["principle"] for r in rec["rounds"]],
-            principle_hashes=[r["principle_hash"] for r in rec["rounds"]],
-            constitution_hash=rec["constitution"]["hash"],
-            key=rec["key"],
-        ))
+        rows.append(RevisionPreference(
+            id=rec.id, prompt=rec.input, chosen=final.text, rejected=initial.text,
+            principles=tuple(r.principle for r in rec.rounds),
+            principle_hashes=tuple(r.principle_hash for r in rec.rounds),
+            constitution_hash=rec.constitution.hash, key=rec.key,
+        ).to_dict())
     return rows, skipped
 
 
@@ -224,7 +210,7 @@ def revision_features() -> dict[str, Any]:
     }
 
 
-def export_revisions(records: Sequence[dict[str, Any]], out_dir: Path, cfg: ExportConfig) -> ExportSummary:
+def export_revisions(records: Sequence[ReviseRecord], out_dir: Path, cfg: ExportConfig) -> ExportSummary:
     """Write sft.jsonl, prefs.jsonl and dataset/ (train_sft, test_sft, train_prefs, test_prefs)
     into `out_dir` from revise records, each file replaced atomically."""
     out_dir = Path(out_dir)

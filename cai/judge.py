@@ -42,6 +42,7 @@ from cai.constitution import Constitution, Principle
 from cai.engine import Conversation, Engine, Rendered, Sampling
 from cai.errors import ConfigError
 from cai.prompts import judge_answer_cue, judge_prompt, score_answer_cue, score_prompt
+from cai.schema import Verdict
 
 OPTIONS = ("A", "B")
 """The option letters scored after the cue; the templates write them as (A) and (B)."""
@@ -209,20 +210,13 @@ class Judgment:
     detail: str = ""
     """Why a pair was not judged."""
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "status": self.status,
-            "p": self.p,
-            "agree": self.agree,
-            "p_xy": list(self.p_xy),
-            "p_yx": list(self.p_yx),
-            "logprobs": [list(t) for t in self.logprobs],
-            "rationales": [list(t) for t in self.rationales],
-            "principles": [p.id for p in self.principles],
-            "principle_hashes": [p.hash for p in self.principles],
-            "prompt_tokens": self.prompt_tokens,
-            "detail": self.detail,
-        }
+    def verdict(self) -> Verdict:
+        """The verdict as stored (in a label or judge-eval judgment): principles by id and hash."""
+        return Verdict(status=self.status, p=self.p, agree=self.agree, p_xy=self.p_xy, p_yx=self.p_yx,
+                       logprobs=self.logprobs, rationales=self.rationales,
+                       principles=tuple(p.id for p in self.principles),
+                       principle_hashes=tuple(p.hash for p in self.principles),
+                       prompt_tokens=self.prompt_tokens, detail=self.detail)
 
 
 def check_options(c: Constitution, options: JudgeOptions) -> None:

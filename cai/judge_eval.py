@@ -48,7 +48,8 @@ from cai.judge import (
 )
 from cai.label import Group, form_pairs, read_response_groups
 from cai.progress import make_progress
-from cai.records import JsonlStore, locked_run, open_run_dir, read_jsonl
+from cai.records import JsonlStore, locked_run, open_run_dir
+from cai.schema import EvalJudgment, read_records
 
 Z95 = 1.959963984540054
 """The standard normal quantile of a two-sided 95% interval."""
@@ -129,23 +130,23 @@ def proportion(successes: float, n: int) -> dict[str, Any]:
     return {"rate": successes / n if n else None, "ci95": list(wilson(successes, n)), "n": n}
 
 
-def evaluate(rows: Sequence[dict[str, Any]], bins: Sequence[float] = JudgeEvalConfig.bins,
+def evaluate(rows: Sequence[EvalJudgment], bins: Sequence[float] = JudgeEvalConfig.bins,
              bootstrap_samples: int = 2000, seed: int = 0) -> dict[str, Any]:
-    """The report from per-pair rows: p (P(human's choice is better)), agree, p_xy and p_yx (the
+    """The report from judged pairs: p (P(human's choice is better)), agree, p_xy and p_yx (the
     chosen side is x), principles, and the characters of chosen and rejected."""
     n = len(rows)
-    ps = [r["p"] for r in rows]
+    ps = [r.verdict.p for r in rows]
     hard = sum(credit(p) for p in ps)
     soft = sum(ps) / n if n else None
-    verdicts = [q for r in rows for q in list(r["p_xy"]) + list(r["p_yx"])]
+    verdicts = [q for r in rows for q in r.verdict.p_xy + r.verdict.p_yx]
 
     # Length: characters of the two responses.
-    differ = [r for r in rows if r["chosen_chars"] != r["rejected_chars"]]
-    decided = [r for r in differ if r["p"] != 0.5]
-    judge_longer = sum((r["p"] > 0.5) == (r["chosen_chars"] > r["rejected_chars"]) for r in decided)
-    human_longer = sum(r["chosen_chars"] > r["rejected_chars"] for r in differ)
-    shorter_wins = sum(1.0 if r["chosen_chars"] < r["rejected_chars"] else
-                       0.0 if r["chosen_chars"] > r["rejected_chars"] else 0.5 for r in rows)
+    differ = [r for r in rows if r.chosen_chars != r.rejected_chars]
+    decided = [r for r in differ if r.verdict.p != 0.5]
+    judge_longer = sum((r.verdict.p > 0.5) == (r.chosen_chars > r.rejected_chars) for r in decided)
+    human_longer = sum(r.chosen_chars > r.rejected_chars for r in differ)
+    shorter_wins = sum(1.0 if r.chosen_chars < r.rejected_chars else
+                       0.0 if r.chosen_chars > r.rejected_chars else 0.5 for r in rows)
 
     # Calibration: confidence in the judge's own pick against how often that pick is the human's.
     table = []
@@ -159,15 +160,15 @@ def evaluate(rows: Sequence[dict[str, Any]], bins: Sequence[float] = JudgeEvalCo
 
     by_principle: dict[str, list[float]] = defaultdict(list)
     for r in rows:
-        for pid in set(r["principles"]):
-            by_principle[pid].append(credit(r["p"]))
+        for pid in set(r.verdict.principles):
+            by_principle[pid].append(credit(r.verdict.p))
 
     return {
         "pairs": n,
         "agreement": {**proportion(hard, n), "interval": "Wilson score, 95%"},
         "soft_agreement": {"mean_p_human_choice": soft, "ci95": list(bootstrap_mean(ps, bootstrap_samples, seed)),
                            "interval": f"percentile bootstrap, {bootstrap_samples} resamples, 95%"},
-        "position_consistency": proportion(sum(bool(r["agree"]) for r in rows), n),
+        "position_consistency": proportion(sum(bool(r.verdict.agree) for r in rows), n),
         "first_position_rate": sum(q > 0.5 for q in verdicts) / len(verdicts) if verdicts else None,
         "mean_margin": sum(abs(p - 0.5) for p in ps) / n if n else None,
         "length": {
@@ -215,13 +216,13 @@ def run_judge_eval(cfg: JudgeEvalConfig, engine: Engine | None = None, force: bo
                                cfg.judging, cfg.seed) for p, _, _, _ in pairs}
 
     store = None
-    done: dict[str, dict[str, Any]] = {}
+    done: dict[str, EvalJudgment] = {}
     if cfg.out is not None:
         open_run_dir(cfg.out, cfg, force, resumable=RESUMABLE_CHANGES, records=JUDGMENTS_FILE,
                      inputs={"judge_fingerprint": judge["fingerprint"], "judge_prompts": judge_prompts(constitution)})
         # A stored judgment whose key differs from today's is dropped and judged again.
         store = JsonlStore(Path(cfg.out) / JUDGMENTS_FILE, current_keys=keys)
-        done = {r["id"]: r for r in read_jsonl(store.path)}
+        done = {r.id: r for r in read_records(store.path, EvalJudgment)}
     pending = [p for p, _, _, _ in pairs if p.id not in done]
 
     t0 = time.perf_counter()
@@ -236,14 +237,14 @@ def run_judge_eval(cfg: JudgeEvalConfig, engine: Engine | None = None, force: bo
                 chunk = pending[start:start + cfg.chunk_size]
                 for pair, jd in zip(chunk, judge_pairs(engine, constitution, chunk, cfg.judging, cfg.seed),
                                     strict=True):
-                    row = {"id": pair.id, **jd.to_dict(), "chosen_chars": len(pair.x.strip()),
-                           "rejected_chars": len(pair.y.strip()), "judge_model": judge["model"],
-                           "judge_fingerprint": judge["fingerprint"], "constitution_hash": constitution.hash,
-                           "key": keys[pair.id]}
+                    row = EvalJudgment(id=pair.id, verdict=jd.verdict(), chosen_chars=len(pair.x.strip()),
+                                       rejected_chars=len(pair.y.strip()), judge_model=judge["model"],
+                                       judge_fingerprint=judge["fingerprint"], constitution_hash=constitution.hash,
+                                       key=keys[pair.id])
                     done[pair.id] = row
                     n_tokens += jd.prompt_tokens
                     if store is not None:
-                        store.append(row)
+                        store.append(row.to_dict())
                 if store is not None:
                     store.flush()
                 progress.update(task, advance=len(chunk), tokens=n_tokens)
@@ -254,10 +255,10 @@ def run_judge_eval(cfg: JudgeEvalConfig, engine: Engine | None = None, force: bo
             engine.close()
 
     rows = [done[p.id] for p, _, _, _ in pairs]
-    judged = [r for r in rows if r["status"] == "judged"]
+    judged = [r for r in rows if r.verdict.status == "judged"]
     report = {
         "pairs_file": str(cfg.pairs),
-        "judge_model": judged[0]["judge_model"] if judged else cfg.judge.model,
+        "judge_model": judged[0].judge_model if judged else cfg.judge.model,
         "judge_engine": {k: v for k, v in to_jsonable(resolve_judge_engine(cfg.judge)).items()
                          if k in ("backend", "dtype", "max_model_len")},
         "constitution_hash": constitution.hash,

@@ -44,7 +44,7 @@ from cai.data import Reject, content_id, iter_rows, read_prompts, reject_too_lon
 from cai.engine import Conversation, Engine, Sampling, make_engine
 from cai.engine.base import FINISHED
 from cai.errors import ConfigError, InputError, Location
-from cai.export import DATASET_DIR, PREFS_FILE, pref_row, split_rows, write_dataset
+from cai.export import DATASET_DIR, PREFS_FILE, split_rows, write_dataset
 from cai.judge import (
     JudgeOptions,
     Judgment,
@@ -58,7 +58,18 @@ from cai.judge import (
     resolve_judge_engine,
 )
 from cai.progress import make_progress
-from cai.records import JsonlStore, locked_run, open_run_dir, read_jsonl, write_jsonl_atomic
+from cai.records import JsonlStore, locked_run, open_run_dir, read_jsonl_numbered, write_jsonl_atomic
+from cai.schema import (
+    ConstitutionStamp,
+    JudgedPreference,
+    PairJudgment,
+    PromptSamples,
+    Provenance,
+    RejectedPrompt,
+    ReviseRecord,
+    read_records,
+    sample_record,
+)
 
 RESPONSES_FILE = "responses.jsonl"
 JUDGMENTS_FILE = "judgments.jsonl"
@@ -286,16 +297,11 @@ def read_revise_groups(folder: Path, mode: str, skip_flags: tuple[str, ...]) -> 
     """Pairs from a `cai revise` folder: initial vs final revision, or each round vs the next."""
     path = Path(folder) / "records.jsonl"
     groups, rejects = [], []
-    for line, rec in enumerate(read_jsonl(path), 1):
-        source = f"{path}:{line}"
-        try:
-            rid, conv, rounds = str(rec["id"]), rec["input"], rec["rounds"]
-            chain = [("initial", rec["initial"])] + [(f"round{r['round']}", r["revision"]) for r in rounds]
-            texts = [(name, step["text"], step.get("flags", [])) for name, step in chain]
-        except (KeyError, TypeError) as e:
-            raise InputError(f"not a `cai revise` record (missing {e})", Location(str(path), line),
-                             fix="pass the output folder of `cai revise`, or --input-kind responses") from e
-        if not rounds:
+    for line, obj in read_jsonl_numbered(path):
+        rec = ReviseRecord.from_dict(obj, Location(str(path), line))
+        rid, source = rec.id, f"{path}:{line}"
+        texts = [(name, step.text, step.flags) for name, step in rec.chain()]
+        if not rec.rounds:
             rejects.append(Reject(rid, source, "record has no revision rounds", "revise it with --rounds >= 1"))
             continue
         if mode == "final":
@@ -313,7 +319,7 @@ def read_revise_groups(folder: Path, mode: str, skip_flags: tuple[str, ...]) -> 
                     rejects.append(Reject(f"{rid}/{i}-{j}", source, "; ".join(flagged),
                                           "judge flagged texts with --skip-flags ''"))
             pairs = tuple((i, j) for i, j in pairs if i not in bad and j not in bad)
-        groups.append(Group(rid, list(conv), cands, pairs, source))
+        groups.append(Group(rid, list(rec.input), cands, pairs, source))
     return groups, rejects
 
 
@@ -349,13 +355,13 @@ def sample_prompt_groups(cfg: LabelConfig, store: JsonlStore, records: list, eng
             k = cfg.samples_per_prompt
             for i, (r, seed) in enumerate(zip(chunk, seeds, strict=True)):
                 comps = outs[i * k:(i + 1) * k]
-                store.append({
-                    "id": r.id, "status": "sampled", "prompt": r.conversation, "responses": [c.text for c in comps],
-                    "finish_reasons": [c.finish_reason for c in comps],
-                    "completion_tokens": [c.completion_tokens for c in comps], "source": r.source,
-                    **provenance.stamp(policy, sampling.to_dict(), seed),
-                    "key": sample_key(cfg, r, policy),
-                })
+                store.append(PromptSamples(
+                    id=r.id, status="sampled", prompt=tuple(r.conversation), responses=tuple(c.text for c in comps),
+                    finish_reasons=tuple(c.finish_reason for c in comps),
+                    completion_tokens=tuple(c.completion_tokens for c in comps), source=r.source,
+                    provenance=Provenance(**provenance.stamp(policy, sampling.to_dict(), seed)),
+                    key=sample_key(cfg, r, policy),
+                ).to_dict())
                 tokens += sum(c.completion_tokens for c in comps)
             store.flush()
             progress.update(task, advance=len(chunk), tokens=tokens)
@@ -462,20 +468,23 @@ def _prompt_groups(cfg: LabelConfig, out: Path, judge_engine: Engine | None, pol
             fits, too_long = reject_too_long([r for r in records if r.id not in store], engine,
                                              cfg.policy_max_tokens)
             # Stored too, so that a resumed job reports the same rejects without a model.
-            store.extend({"id": r.id, "status": "rejected", **r.to_dict(), "key": keys[r.id]} for r in too_long)
+            store.extend(RejectedPrompt(id=r.id, status="rejected", source=r.source, reason=r.reason, fix=r.fix,
+                                        key=keys[r.id]).to_dict() for r in too_long)
             sample_prompt_groups(cfg, store, fits, engine, policy)
         resampled = len(store.stale)
-    stored = {rec["id"]: rec for rec in read_jsonl(out / RESPONSES_FILE)}
+    path = out / RESPONSES_FILE
+    stored = {rec.id: rec for rec in (sample_record(d, Location(str(path), line))
+                                      for line, d in read_jsonl_numbered(path))}
     pairs = pair_indices(cfg.samples_per_prompt, cfg.pairing)
     groups = []
     for r in records:
         rec = stored[r.id]
-        if rec.get("status") == "rejected":
-            rejects.append(Reject(r.id, r.source, rec["reason"], rec["fix"]))
+        if isinstance(rec, RejectedPrompt):
+            rejects.append(Reject(r.id, r.source, rec.reason, rec.fix))
             continue
-        finish = rec.get("finish_reasons") or ["stop"] * len(rec["responses"])
+        finish = rec.finish_reasons or ("stop",) * len(rec.responses)
         cands = tuple(Candidate(t.strip(), f"{r.id}#{i}", f)
-                      for i, (t, f) in enumerate(zip(rec["responses"], finish, strict=True)))
+                      for i, (t, f) in enumerate(zip(rec.responses, finish, strict=True)))
         groups.append(Group(r.id, r.conversation, cands, pairs, r.source))
     return groups, rejects, resampled
 
@@ -489,7 +498,7 @@ def _judge_all(cfg: LabelConfig, c: Constitution, engine: Engine, judge: dict[st
             chunk = pending[start:start + cfg.chunk_size]
             judgments = judge_pairs(engine, c, [p for p, _, _, _ in chunk], cfg.judging, cfg.seed)
             for (pair, group, i, j), jd in zip(chunk, judgments, strict=True):
-                store.append(_judgment_record(cfg, c, judge, pair, group, i, j, jd))
+                store.append(_judgment_record(cfg, c, judge, pair, group, i, j, jd).to_dict())
                 n_tokens += jd.prompt_tokens
             store.flush()
             progress.update(task, advance=len(chunk), tokens=n_tokens)
@@ -497,54 +506,57 @@ def _judge_all(cfg: LabelConfig, c: Constitution, engine: Engine, judge: dict[st
 
 
 def _judgment_record(cfg: LabelConfig, c: Constitution, judge: dict[str, Any], pair: ResponsePair, group: Group, i: int,
-                     j: int, jd: Judgment) -> dict[str, Any]:
+                     j: int, jd: Judgment) -> PairJudgment:
     """The raw judgment, with everything needed to rebuild its preference row and its provenance."""
-    return {
-        "id": pair.id,
-        "group_id": group.id,
-        "conversation": pair.conversation,
-        "x": pair.x,
-        "y": pair.y,
-        "x_ref": group.candidates[i].ref,
-        "y_ref": group.candidates[j].ref,
-        **jd.to_dict(),
-        "judge_model": judge["model"],
-        "judge_fingerprint": judge["fingerprint"],
-        "judge_engine": {k: judge[k] for k in ("backend", "dtype", "max_model_len")},
-        "constitution": {"name": c.name, "version": c.version, "hash": c.hash},
-        "judging": to_jsonable(cfg.judging),
-        "seed": cfg.seed,
-        "cai_version": cai.__version__,
+    return PairJudgment(
+        id=pair.id,
+        group_id=group.id,
+        conversation=tuple(pair.conversation),
+        x=pair.x,
+        y=pair.y,
+        x_ref=group.candidates[i].ref,
+        y_ref=group.candidates[j].ref,
+        verdict=jd.verdict(),
+        judge_model=judge["model"],
+        judge_fingerprint=judge["fingerprint"],
+        judge_engine={k: judge[k] for k in ("backend", "dtype", "max_model_len")},
+        constitution=ConstitutionStamp(name=c.name, version=c.version, hash=c.hash),
+        judging=to_jsonable(cfg.judging),
+        seed=cfg.seed,
+        cai_version=cai.__version__,
         # A later resume re-judges the pair exactly when this changes (judgment_key).
-        "key": judgment_key(pair, jd.principles, judge, c, cfg.judging, cfg.seed),
-    }
+        key=judgment_key(pair, jd.principles, judge, c, cfg.judging, cfg.seed),
+    )
 
 
 # --- Outputs -------------------------------------------------------------------------------------
 
 
-def preference_row(j: dict[str, Any], tie_threshold: float) -> dict[str, Any]:
-    """A stored judgment as a TRL conversational preference row: the side with p >= 0.5 is
-    chosen. `id` is the source prompt/record id (so all pairs of a prompt share a split),
-    `pair_id` the pair's own id."""
-    x_wins = j["p"] >= 0.5
-    chosen, rejected = (j["x"], j["y"]) if x_wins else (j["y"], j["x"])
-    p_chosen = j["p"] if x_wins else 1.0 - j["p"]
-    return pref_row(
-        j["group_id"], j["conversation"], chosen, rejected,
-        pair_id=j["id"],
-        p_chosen=p_chosen,
+def preference_row(j: PairJudgment, tie_threshold: float) -> JudgedPreference:
+    """A stored judgment (status judged) as a TRL conversational preference row: the side with
+    p >= 0.5 is chosen. `id` is the source prompt/record id (so all pairs of a prompt share a
+    split), `pair_id` the pair's own id."""
+    v = j.verdict
+    if v.p is None or v.agree is None:
+        raise InputError(f"judgment {j.id!r} has status {v.status!r} and no label", Location(record=j.id),
+                         fix="only judged pairs make preference rows")
+    x_wins = v.p >= 0.5
+    chosen, rejected = (j.x, j.y) if x_wins else (j.y, j.x)
+    return JudgedPreference(
+        id=j.group_id, prompt=j.conversation, chosen=chosen, rejected=rejected,
+        pair_id=j.id,
+        p_chosen=v.p if x_wins else 1.0 - v.p,
         # Per principle: P(A) when the chosen response was shown as (A), and when the rejected was.
-        p_chosen_first=j["p_xy"] if x_wins else j["p_yx"],
-        p_rejected_first=j["p_yx"] if x_wins else j["p_xy"],
-        position_agree=j["agree"],
-        tie=j["p"] == 0.5 or is_tie(j["p"], tie_threshold),
-        principles=j["principles"],
-        principle_hashes=j["principle_hashes"],
-        judge_model=j["judge_model"],
-        constitution_hash=j["constitution"]["hash"],
-        source_ids=[j["x_ref"], j["y_ref"]] if x_wins else [j["y_ref"], j["x_ref"]],
-        key=j["key"],
+        p_chosen_first=v.p_xy if x_wins else v.p_yx,
+        p_rejected_first=v.p_yx if x_wins else v.p_xy,
+        position_agree=v.agree,
+        tie=v.p == 0.5 or is_tie(v.p, tie_threshold),
+        principles=v.principles,
+        principle_hashes=v.principle_hashes,
+        judge_model=j.judge_model,
+        constitution_hash=j.constitution.hash,
+        source_ids=(j.x_ref, j.y_ref) if x_wins else (j.y_ref, j.x_ref),
+        key=j.key,
     )
 
 
@@ -568,32 +580,33 @@ def _finish(cfg: LabelConfig, c: Constitution, out: Path, groups: list[Group], p
     """Rebuild every output from the judgments; `run`: this run's counts (judged_now, stale,
     resampled, prompt_tokens, seconds)."""
     wanted = {p.id for p, _, _, _ in pairs}
-    by_id = {j["id"]: j for j in read_jsonl(out / JUDGMENTS_FILE) if j["id"] in wanted}
-    judged = [by_id[p.id] for p, _, _, _ in pairs if by_id[p.id]["status"] == "judged"]
+    by_id = {j.id: j for j in read_records(out / JUDGMENTS_FILE, PairJudgment) if j.id in wanted}
+    judged = [by_id[p.id] for p, _, _, _ in pairs if by_id[p.id].verdict.status == "judged"]
     for p, g, _, _ in pairs:
-        j = by_id[p.id]
-        if j["status"] != "judged":
-            rejects.append(Reject(p.id, g.source, j["detail"] or j["status"],
+        v = by_id[p.id].verdict
+        if v.status != "judged":
+            rejects.append(Reject(p.id, g.source, v.detail or v.status,
                                   "shorten the conversation or responses, or raise the judge's --max-model-len"))
     rows = [preference_row(j, cfg.tie_threshold) for j in judged]
-    ties = [r for r in rows if r["tie"]]
-    prefs = rows if cfg.keep_ties else [r for r in rows if not r["tie"]]
+    ties = [r.to_dict() for r in rows if r.tie]
+    prefs = [r.to_dict() for r in rows if cfg.keep_ties or not r.tie]
     write_jsonl_atomic(out / PREFS_FILE, prefs)
     write_jsonl_atomic(out / TIES_FILE, ties)
     write_jsonl_atomic(out / REJECTS_FILE, [r.to_dict() for r in rejects])
     write_dataset(out / DATASET_DIR, split_rows(prefs, "prefs", cfg.split_seed, cfg.test_fraction),
                   {"prefs": preference_features()})
 
-    orders = [p for j in judged for p in j["p_xy"] + j["p_yx"]]
-    masses = [math.exp(lps[k]) + math.exp(lps[k + 1]) for j in judged for lps in j["logprobs"] for k in (0, 2)]
+    verdicts = [j.verdict for j in judged]
+    orders = [p for v in verdicts for p in v.p_xy + v.p_yx]
+    masses = [math.exp(lps[k]) + math.exp(lps[k + 1]) for v in verdicts for lps in v.logprobs for k in (0, 2)]
     summary = LabelSummary(
         groups=len(groups), judged=len(judged), pairs=len(prefs), ties=len(ties), identical=identical,
         rejected=len(rejects),
-        position_agreement=_mean(j["agree"] for j in judged),
-        mean_margin=_mean(abs(j["p"] - 0.5) for j in judged),
+        position_agreement=_mean(v.agree for v in verdicts),
+        mean_margin=_mean(abs(v.p - 0.5) for v in verdicts),
         first_position_rate=_mean(p > 0.5 for p in orders),
         option_mass=_mean(masses),
-        principles=dict(Counter(pid for j in judged for pid in j["principles"]).most_common()),
+        principles=dict(Counter(pid for v in verdicts for pid in v.principles).most_common()),
         **run, out=out,
     )
     tmp = out / (SUMMARY_FILE + ".tmp")

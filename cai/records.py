@@ -87,6 +87,13 @@ def _line_start(f, end: int, block: int = 1 << 16) -> int:
 
 def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
     """Yield the objects of a JSONL file; a bad line raises an error naming file and line."""
+    for _, obj in read_jsonl_numbered(path):
+        yield obj
+
+
+def read_jsonl_numbered(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """`read_jsonl` with each object's line number (1-based; blank lines are skipped but counted),
+    for readers whose own errors name the line (cai.schema.read_records)."""
     with Path(path).open(encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
@@ -105,7 +112,7 @@ def read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
                     Location(str(path), lineno),
                     fix="each line must be one JSON object",
                 )
-            yield obj
+            yield lineno, obj
 
 
 class JsonlStore:

@@ -51,7 +51,8 @@ from cai.prompts import (
     revision_conversation,
     with_critique,
 )
-from cai.records import JsonlStore, lock_run_dir, open_run_dir, read_jsonl, write_jsonl_atomic
+from cai.records import JsonlStore, lock_run_dir, open_run_dir, write_jsonl_atomic
+from cai.schema import ConstitutionStamp, Provenance, ReviseRecord, Round, Step, chain_flags, read_records
 
 RECORDS_FILE = "records.jsonl"
 REJECTS_FILE = "rejects.jsonl"
@@ -209,20 +210,20 @@ def _run(cfg: ReviseConfig, engine: Engine | None, inputs: list[PromptRecord], r
             tasks = {name: bars.add_task(name, total=sum(map(len, batches)), tokens=0) for name in steps}
             runner = _ChunkRunner(engine, constitution, cfg, samplings, steps, bars, tasks)
             for batch in batches:
-                store.extend(rec for rec in runner.run(batch, model) if rec["id"] not in store)
+                store.extend(rec.to_dict() for rec in runner.run(batch, model) if rec.id not in store)
         seconds = time.perf_counter() - t0
     finally:
         if own_engine:
             engine.close()
 
     # 4. Exports and summary, rebuilt from everything in records.jsonl.
-    records = list(read_jsonl(out / RECORDS_FILE))
+    records = list(read_records(out / RECORDS_FILE, ReviseRecord))
     exported = export_revisions(records, out, cfg.export)
-    flags = Counter(f.split(":", 1)[1] for r in records for f in r["flags"])
-    usage = Counter(rnd["principle"] for r in records for rnd in r["rounds"])
+    flags = Counter(f.split(":", 1)[1] for r in records for f in r.flags)
+    usage = Counter(rnd.principle for r in records for rnd in r.rounds)
     summary = ReviseSummary(
         records=len(records), done=len(pending), skipped=skipped, rejected=len(rejects),
-        flagged=sum(bool(r["flags"]) for r in records), flags=dict(flags.most_common()), stale=stale,
+        flagged=sum(bool(r.flags) for r in records), flags=dict(flags.most_common()), stale=stale,
         removed=removed,
         principle_usage=dict(usage.most_common()), steps=steps,
         prompt_tokens=sum(s.prompt_tokens for s in steps.values()),
@@ -282,8 +283,8 @@ class _Chain:
     prompt: PromptRecord
     history: list[dict[str, str]]
     """The conversation so far: prompt turns, initial answer, then each round's turns."""
-    initial: dict[str, Any] | None = None
-    rounds: list[dict[str, Any]] = field(default_factory=list)
+    initial: Step | None = None
+    rounds: list[Round] = field(default_factory=list)
     principles: list[Principle] = field(default_factory=list)
 
 
@@ -298,7 +299,7 @@ class _ChunkRunner:
         # The few-shot answers every prompt shows: an output that copies one is flagged.
         self.fewshot = tuple(t for e in constitution.critique_examples for t in (e.response, e.critique, e.revision))
 
-    def run(self, chunk: list[PromptRecord], model: dict[str, Any]) -> list[dict[str, Any]]:
+    def run(self, chunk: list[PromptRecord], model: dict[str, Any]) -> list[ReviseRecord]:
         chains = [_Chain(r, r.conversation) for r in chunk]
         # Initial responses.
         outs = self.generate("initial", [ch.history for ch in chains], self.response_sampling,
@@ -309,7 +310,7 @@ class _ChunkRunner:
         for k in range(1, self.cfg.rounds + 1):
             for ch in chains:
                 ch.principles.append(self.c.sample(self.cfg.seed, ch.prompt.id, k))
-            critiques: list[tuple[dict | None, str | None]] = [(None, None)] * len(chains)
+            critiques: list[tuple[Step | None, str | None]] = [(None, None)] * len(chains)
             if not self.cfg.direct:
                 # Critique of the last answer under this round's principle.
                 critiques = self.generate(
@@ -324,8 +325,8 @@ class _ChunkRunner:
             for ch, (crit, crit_text), prompt, (rev, rev_text) in zip(chains, critiques, prompts, revisions,
                                                                       strict=True):
                 p = ch.principles[-1]
-                ch.rounds.append({"round": k, "principle": p.id, "principle_hash": p.hash,
-                                  "critique": crit, "revision": rev})
+                ch.rounds.append(Round(round=k, principle=p.id, principle_hash=p.hash, critique=crit,
+                                       revision=rev))
                 ch.history = next_history(self.c, ch.history, p, crit_text, prompt[-1], rev_text)
         return [self.record(ch, model) for ch in chains]
 
@@ -333,7 +334,7 @@ class _ChunkRunner:
         return provenance.derive_seed(self.cfg.seed, ch.prompt.id, round, step)
 
     def generate(self, name: str, prompts: list[list[dict[str, str]]], sampling: Sampling,
-                 seeds: list[int]) -> list[tuple[dict[str, Any], str]]:
+                 seeds: list[int]) -> list[tuple[Step, str]]:
         """One engine call for the whole chunk; returns (step record, cleaned text) per prompt."""
         t0 = time.perf_counter()
         outs = self.engine.generate(prompts, sampling, seeds=seeds)
@@ -352,38 +353,31 @@ class _ChunkRunner:
         self.bars.update(self.tasks[name], advance=len(prompts), tokens=self.steps[name].completion_tokens)
         return results
 
-    def record(self, ch: _Chain, model: dict[str, Any]) -> dict[str, Any]:
-        flags = [f"initial:{f}" for f in ch.initial["flags"]]
-        for rnd in ch.rounds:
-            for step in ("critique", "revision"):
-                if rnd[step] is not None:
-                    flags += [f"round{rnd['round']}.{step}:{f}" for f in rnd[step]["flags"]]
+    def record(self, ch: _Chain, model: dict[str, Any]) -> ReviseRecord:
         samplings = sampling_dicts(self.response_sampling, self.critique_sampling)
-        return {
-            "id": ch.prompt.id,
-            "input": ch.prompt.conversation,
-            "source": ch.prompt.source,
-            "initial": ch.initial,
-            "rounds": ch.rounds,
-            "final": ch.rounds[-1]["revision"]["text"],
-            "flags": flags,
-            "direct": self.cfg.direct,
-            "constitution": {"name": self.c.name, "version": self.c.version, "hash": self.c.hash},
-            **provenance.stamp(model, samplings, self.cfg.seed),
-            "clean_version": CLEAN_VERSION,
-            "key": record_key(ch.prompt.conversation, self.c, ch.principles, model, samplings, self.cfg),
-        }
+        return ReviseRecord(
+            id=ch.prompt.id,
+            input=tuple(ch.prompt.conversation),
+            source=ch.prompt.source,
+            initial=ch.initial,
+            rounds=tuple(ch.rounds),
+            final=ch.rounds[-1].revision.text,
+            flags=tuple(chain_flags(ch.initial, ch.rounds)),
+            direct=self.cfg.direct,
+            constitution=ConstitutionStamp(name=self.c.name, version=self.c.version, hash=self.c.hash),
+            provenance=Provenance(**provenance.stamp(model, samplings, self.cfg.seed)),
+            clean_version=CLEAN_VERSION,
+            key=record_key(ch.prompt.conversation, self.c, ch.principles, model, samplings, self.cfg),
+        )
 
 
-def step_record(out: Completion, kind: str, seed: int, fewshot: tuple[str, ...] = ()) -> tuple[dict[str, Any], str]:
+def step_record(out: Completion, kind: str, seed: int, fewshot: tuple[str, ...] = ()) -> tuple[Step, str]:
     """A generated text as stored: cleaned text, token counts, finish reason, flags, seed; and
     `raw` (the model's own text) when cleaning changed it."""
     cleaned = clean(out.text, kind, out.finish_reason, fewshot)
-    step: dict[str, Any] = {"text": cleaned.text, "prompt_tokens": out.prompt_tokens,
-                            "completion_tokens": out.completion_tokens, "finish_reason": out.finish_reason,
-                            "flags": list(cleaned.flags), "seed": seed}
-    if cleaned.text != out.text:
-        step["raw"] = out.text
+    step = Step(text=cleaned.text, prompt_tokens=out.prompt_tokens, completion_tokens=out.completion_tokens,
+                finish_reason=out.finish_reason, flags=tuple(cleaned.flags), seed=seed,
+                raw=out.text if cleaned.text != out.text else None)
     return step, cleaned.text
 
 

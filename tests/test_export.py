@@ -10,34 +10,36 @@ from cai.errors import ConfigError
 from cai.export import (
     ExportConfig,
     export_revisions,
-    pref_row,
     revision_pref_rows,
     revision_sft_rows,
     split_of,
     split_rows,
     write_dataset,
 )
+from cai.schema import ConstitutionStamp, Provenance, ReviseRecord, Round, Step, chain_flags
 from cai.train_common import read_rows
 
 
 def step(text, flags=()):
-    return {"text": text, "prompt_tokens": 5, "completion_tokens": 3, "finish_reason": "stop",
-            "flags": list(flags), "seed": 1}
+    return Step(text=text, prompt_tokens=5, completion_tokens=3, finish_reason="stop", flags=tuple(flags), seed=1)
 
 
 def record(rid, initial="first answer", revisions=("better", "best"), rev_flags=None, init_flags=()):
+    """A revise record as `cai revise` writes it (cai.schema.ReviseRecord)."""
     rev_flags = rev_flags or [()] * len(revisions)
-    return {
-        "id": rid,
-        "input": [{"role": "system", "content": "be kind"}, {"role": "user", "content": f"question {rid}"}],
-        "initial": step(initial, init_flags),
-        "rounds": [{"round": k + 1, "principle": f"p{k + 1}", "principle_hash": f"h{k + 1}",
-                    "critique": step("a critique"), "revision": step(text, fl)}
-                   for k, (text, fl) in enumerate(zip(revisions, rev_flags, strict=True))],
-        "final": revisions[-1],
-        "constitution": {"name": "c", "version": "1", "hash": "chash"},
-        "key": f"key-{rid}",
-    }
+    rounds = tuple(Round(round=k + 1, principle=f"p{k + 1}", principle_hash=f"h{k + 1}",
+                         critique=step("a critique"), revision=step(text, fl))
+                   for k, (text, fl) in enumerate(zip(revisions, rev_flags, strict=True)))
+    return ReviseRecord(
+        id=rid,
+        input=({"role": "system", "content": "be kind"}, {"role": "user", "content": f"question {rid}"}),
+        source=f"prompts.jsonl:{rid}", initial=step(initial, init_flags), rounds=rounds, final=revisions[-1],
+        flags=tuple(chain_flags(step(initial, init_flags), rounds)), direct=False,
+        constitution=ConstitutionStamp(name="c", version="1", hash="chash"),
+        provenance=Provenance(model="m", model_fingerprint="fp", engine={"backend": "fake", "dtype": "auto"},
+                              sampling={"response": {}, "critique": {}}, seed=0, cai_version="0"),
+        clean_version=2, key=f"key-{rid}",
+    )
 
 
 def test_sft_rows_are_prompt_turns_plus_the_final_revision():
@@ -88,11 +90,6 @@ def test_pairs_with_a_flagged_side_or_no_change_are_left_out():
     rows, skipped = revision_pref_rows(recs, ExportConfig())
     assert [r["id"] for r in rows] == ["d"]
     assert skipped == {"flagged: degenerate": 1, "flagged: empty": 1, "unchanged": 1}
-
-
-def test_pref_row_takes_extra_columns_for_the_label_stage():
-    row = pref_row("x", [{"role": "user", "content": "q"}], "good", "bad", score_chosen=0.8)
-    assert row["chosen"] == [{"role": "assistant", "content": "good"}] and row["score_chosen"] == 0.8
 
 
 def test_split_is_a_seeded_hash_of_the_id():

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from cai.engine.fake import FakeEngine
 from cai.errors import InputError
 from cai.judge_eval import JudgeEvalConfig, bootstrap_mean, evaluate, run_judge_eval, wilson
+from cai.schema import EvalJudgment, Verdict
 
 REPO = Path(__file__).resolve().parent.parent
 CONSTITUTION = REPO / "principles.yaml"
@@ -41,8 +42,10 @@ def test_bootstrap_interval_brackets_the_mean():
 
 
 def row(p, chosen_chars, rejected_chars, agree=True, principle="crime"):
-    return {"p": p, "agree": agree, "p_xy": [p], "p_yx": [1 - p], "principles": [principle],
-            "chosen_chars": chosen_chars, "rejected_chars": rejected_chars}
+    verdict = Verdict(status="judged", p=p, agree=agree, p_xy=(p,), p_yx=(1 - p,), logprobs=((-1.0, -1.0, -1.0, -1.0),),
+                      rationales=(), principles=(principle,), principle_hashes=("h",), prompt_tokens=10, detail="")
+    return EvalJudgment(id="x", verdict=verdict, chosen_chars=chosen_chars, rejected_chars=rejected_chars,
+                        judge_model="judge", judge_fingerprint=None, constitution_hash="c", key="k")
 
 
 def test_evaluate_on_hand_made_rows():

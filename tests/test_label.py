@@ -21,6 +21,7 @@ from cai.export import split_of
 from cai.judge import JudgeOptions
 from cai.label import LabelConfig, detect_kind, run_label
 from cai.records import TornTailWarning, read_jsonl
+from cai.schema import ConstitutionStamp, Provenance, ReviseRecord, Round, Step, chain_flags
 
 REPO = Path(__file__).resolve().parent.parent
 CONSTITUTION = REPO / "principles.yaml"
@@ -177,15 +178,23 @@ def test_prompts_input_samples_k_responses_with_the_policy_then_judges(tmp_path)
 
 
 def revise_record(rid: str, texts: list[str], flags: dict[int, list[str]] | None = None) -> dict:
+    """A `cai revise` record (cai.schema.ReviseRecord) as written to records.jsonl."""
     flags = flags or {}
-    return {
-        "id": rid, "input": [{"role": "user", "content": f"prompt {rid}"}],
-        "initial": {"text": texts[0], "flags": flags.get(0, [])},
-        "rounds": [{"round": r, "principle": "crime", "principle_hash": "h",
-                    "critique": {"text": "c"}, "revision": {"text": t, "flags": flags.get(r, [])}}
-                   for r, t in enumerate(texts[1:], 1)],
-        "final": texts[-1], "constitution": {"name": "x", "version": "1", "hash": "h"}, "key": "k",
-    }
+
+    def step(text: str, fl=()) -> Step:
+        return Step(text=text, prompt_tokens=3, completion_tokens=2, finish_reason="stop", flags=tuple(fl), seed=1)
+
+    rounds = tuple(Round(round=r, principle="crime", principle_hash="h", critique=step("c"),
+                         revision=step(t, flags.get(r, []))) for r, t in enumerate(texts[1:], 1))
+    initial = step(texts[0], flags.get(0, []))
+    return ReviseRecord(
+        id=rid, input=({"role": "user", "content": f"prompt {rid}"},), source=f"prompts.jsonl:{rid}",
+        initial=initial, rounds=rounds, final=texts[-1], flags=tuple(chain_flags(initial, rounds)), direct=False,
+        constitution=ConstitutionStamp(name="x", version="1", hash="h"),
+        provenance=Provenance(model="m", model_fingerprint=None, engine={"backend": "fake", "dtype": "auto"},
+                              sampling={"response": {}, "critique": {}}, seed=0, cai_version="0"),
+        clean_version=2, key="k",
+    ).to_dict()
 
 
 def test_revise_folder_final_or_rounds(tmp_path):
