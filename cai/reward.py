@@ -35,21 +35,12 @@ import torch
 import torch.nn.functional as F
 
 from cai import models, records
+from cai.checkpoint import finished_run, mark_finished, seed_everything, training_inputs
+from cai.data import SourceRow, check_columns, read_rows
 from cai.engine import tokens
 from cai.errors import ConfigError, InputError, Location, ModelNotFoundError, MultiError
 from cai.sft import load_tokenizer
-from cai.train_common import (
-    SourceRow,
-    Task,
-    TrainConfig,
-    check_columns,
-    finished_run,
-    fit,
-    mark_finished,
-    read_rows,
-    seed_everything,
-    training_inputs,
-)
+from cai.train_common import Task, TrainConfig, fit
 
 Message = dict[str, str]
 NORM_FILE = "cai_reward.json"

@@ -25,10 +25,10 @@ from typing import Any, Literal
 
 import torch
 
+from cai.data import SourceRow, read_rows
 from cai.errors import ConfigError, InputError, MultiError
 from cai.records import write_jsonl_atomic
 from cai.reward import Pair, RewardModel, as_messages, label_agreement, preference_loss
-from cai.train_common import SourceRow, read_rows
 
 # (label, lowest, highest) of len(labeled) - len(other), in tokens
 LENGTH_BUCKETS = [("<= -64", -math.inf, -64), ("-63..-16", -63, -16), ("-15..-4", -15, -4),

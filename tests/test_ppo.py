@@ -712,9 +712,9 @@ def test_a_value_model_that_predicts_the_returns_gives_zero_advantage_under_rewa
     real_whiten = ppo_mod.masked_whiten
     try:
         ppo_mod.masked_whiten = lambda x, m: raw.setdefault("adv", x)
-        compute_advantages(exp, cfg, kl_coef=0.0)
+        adv = compute_advantages(exp, cfg, kl_coef=0.0)
     finally:
         ppo_mod.masked_whiten = real_whiten
     torch.testing.assert_close(raw["adv"], torch.zeros(2, 6), atol=1e-6, rtol=0)
-    torch.testing.assert_close(exp.returns / exp.reward_scale, exp.values, atol=1e-6, rtol=0)
-    assert (float(exp.reward_scale) != 1.0) == (scaling == "std")
+    torch.testing.assert_close(adv.returns / adv.reward_scale, exp.values, atol=1e-6, rtol=0)
+    assert (float(adv.reward_scale) != 1.0) == (scaling == "std")

@@ -10,18 +10,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from cai.checkpoint import is_finished, rng_state, seed_everything, set_rng_state
+from cai.data import check_columns, read_rows
 from cai.errors import ConfigError, InputError, ResumeError
 from cai.sft import SFTConfig, train_sft
-from cai.train_common import (
-    batch_indices,
-    check_columns,
-    exact_div,
-    is_finished,
-    read_rows,
-    rng_state,
-    seed_everything,
-    set_rng_state,
-)
+from cai.train_common import batch_indices, exact_div
 
 
 def make_tiny_model(folder: Path, tokenizer_path: str) -> str:
@@ -256,8 +249,8 @@ def test_data_hash_of_a_large_training_set_is_computed_row_by_row():
     all is gigabytes. The hash is the same as `key(rows)`, but made without that text."""
     import tracemalloc
 
+    from cai.checkpoint import training_inputs
     from cai.provenance import key
-    from cai.train_common import training_inputs
 
     rows = [{"input_ids": list(range(1000 + i, 1512 + i)), "labels": list(range(512))} for i in range(2000)]
     tracemalloc.start()
