@@ -67,7 +67,7 @@ from cai.ppo_math import (
     scale_rewards,
     value_loss,
 )
-from cai.ppo_metrics import sample_rows, samples_markdown, step_metrics
+from cai.ppo_metrics import evaluate, sample_rows, samples_markdown, step_metrics
 from cai.ppo_models import PPOModels, load_models, save_models
 from cai.ppo_state import Optimizers, PPOState, make_optimizers, resume, run_inputs, save_state
 from cai.progress import make_progress
@@ -291,49 +291,6 @@ def sync(cfg: PPOConfig, engine: Engine, exp: Experience, policy, device: torch.
         return {}, exp.engine_check
     seconds = sync_weights(engine, policy, cfg.engine_timeout_s)
     return {"time/weight_sync": seconds}, {**exp.engine_check, **verify_reload(cfg, engine, exp, policy, device)}
-
-
-# ---------------------------------------------------------------------------------------------
-# Evaluation on held-out prompts
-# ---------------------------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def evaluate(cfg: PPOConfig, prompts: Sequence[PromptRecord], engine: Engine, models: PPOModels, scorer: Scorer,
-             device: torch.device, step: int) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """Mean reward (after the EOS trick), raw score, KL and length on the held-out prompts, with
-    the same per-prompt seeds every time, so two evaluations differ only by the policy; and one
-    row per response (for eval_samples.jsonl)."""
-    sampling = Sampling(max_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=1.0, seed=None)
-    scores, raw_scores, kls, lengths, ended, samples = [], [], [], [], [], []
-    for rows in chunks(len(prompts), cfg.batch_size):
-        recs = [prompts[i] for i in rows]
-        seeds = [provenance.derive_seed(cfg.seed, "eval", r.id) for r in recs]
-        batch = sample(engine, models.tokenizer, [r.conversation for r in recs], sampling, seeds,
-                       cfg.engine_timeout_s).to(device)
-        kl = torch.zeros(len(recs), device=device)
-        for sub in chunks(len(recs), cfg.local_minibatch_size):
-            mb = batch.select(sub)
-            with autocast(device, cfg.precision):
-                lp, _ = response_logprobs(models.policy, mb, cfg.temperature)
-                ref_lp, _ = response_logprobs(models.ref, mb, cfg.temperature)
-            kl[torch.tensor(sub, device=device)] = ((lp - ref_lp) * mb.response_mask).sum(-1)
-        raw = torch.tensor(scorer([r.conversation for r in recs], [c.text for c in batch.completions], -1),
-                           dtype=torch.float32)
-        eos = batch.ended_with_eos
-        raw_scores.append(raw)
-        scores.append(penalize_missing_eos(raw, eos, cfg.missing_eos_penalty))
-        kls.append(kl.cpu())
-        lengths.append(batch.response_mask.sum(-1).float().cpu())
-        ended.append(eos.float())
-        for i, (r, c) in enumerate(zip(recs, batch.completions, strict=True)):
-            samples.append({"id": f"eval-{step}-{r.id}", "step": step, "prompt_id": r.id, "response": c.text,
-                            "finish_reason": c.finish_reason, "score": round(float(raw[i]), 4),
-                            "kl": round(float(kl[i]), 4)})
-    metrics = {"eval/reward": float(torch.cat(scores).mean()), "eval/score": float(torch.cat(raw_scores).mean()),
-               "eval/kl": float(torch.cat(kls).mean()), "eval/response_length": float(torch.cat(lengths).mean()),
-               "eval/eos_frac": float(torch.cat(ended).mean())}
-    return metrics, samples
 
 
 # ---------------------------------------------------------------------------------------------

@@ -472,7 +472,11 @@ def test_resume_after_ctrl_c_equals_an_uninterrupted_run(tiny, tmp_path):
     cfg = tiny_config(tiny, cut_dir, **kw)
     with pytest.raises(KeyboardInterrupt):
         train_ppo(cfg, progress=False, on_step=interrupt)
-    assert (cut_dir / "out" / "checkpoints" / "step-00000002" / "state.json").exists()
+    ckpt = cut_dir / "out" / "checkpoints" / "step-00000002"
+    assert sorted(p.name for p in ckpt.iterdir()) == ["optimizers.pt", "policy.pt", "rng.pt", "schedulers.pt",
+                                                    "state.json", "value.pt"]
+    assert list(json.loads((ckpt / "state.json").read_text())) == [
+        "step", "first_length", "length_warned", "eval_start", "tokens", "kl_controller", "n_prompts", "prompts_seen"]
     summary = train_ppo(cfg, progress=False)
     assert summary["resumed_from"] == 2 and summary["steps"] == 3
 

@@ -226,6 +226,11 @@ def test_checkpoints_are_pruned_and_logs_written(tiny, tmp_path):
     train_sft(sft_config(tiny, data, out, max_steps=5, checkpoint_every=1, keep_checkpoints=2,
                          delete_checkpoints_when_done=False), progress=False)
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000003", "step-00000004"]
+    ckpt = out / "checkpoints" / "step-00000004"
+    assert sorted(p.name for p in ckpt.iterdir()) == ["model.pt", "optimizer.pt", "rng.pt", "scheduler.pt",
+                                                    "state.json"]
+    assert json.loads((ckpt / "state.json").read_text()) == {"step": 4, "samples_seen": 16, "n_examples": 4,
+                                                             "total_steps": 5}
     logged = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert {"train/loss", "train/lr", "train/grad_norm", "perf/samples_per_s"} <= logged[0].keys()
     assert list((out / "tb").glob("events.out.tfevents.*"))
