@@ -74,6 +74,7 @@ from cai.progress import make_progress
 from cai.rollout import (
     Advantages,
     Experience,
+    Rollout,
     check_reload,
     chunks,
     compare_logprobs,
@@ -148,14 +149,15 @@ def step_prompts(cfg: PPOConfig, prompts: Sequence[PromptRecord], step: int) -> 
 
 @torch.no_grad()
 def rollout(cfg: PPOConfig, records_: Sequence[PromptRecord], seeds: Sequence[int], engine: Engine,
-            models: PPOModels, scorer: Scorer, step: int, device: torch.device) -> tuple[Experience, dict[str, float]]:
-    """Phases 1 (rollout) and 2 (score), with the EOS trick of phase 3; and the seconds each took."""
+            models: PPOModels, device: torch.device) -> tuple[Rollout, float]:
+    """Phase 1: one response per prompt from the engine, then the trainer's log-probs (policy and
+    reference, at the sampling temperature), values and entropy; and the seconds it took."""
     t0 = time.perf_counter()
     check = holds_own_weights(engine)
     sampling = Sampling(max_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=1.0, seed=None,
                         logprobs=check)
-    conversations = [r.conversation for r in records_]
-    batch = sample(engine, models.tokenizer, conversations, sampling, seeds, cfg.engine_timeout_s).to(device)
+    batch = sample(engine, models.tokenizer, [r.conversation for r in records_], sampling, seeds,
+                   cfg.engine_timeout_s).to(device)
 
     logprobs, ref_logprobs, values, check_lps, entropy_sum = [], [], [], [], 0.0
     t_engine = engine_logprob_temperature(engine, cfg.temperature)
@@ -175,18 +177,23 @@ def rollout(cfg: PPOConfig, records_: Sequence[PromptRecord], seeds: Sequence[in
         result = compare_logprobs(batch, torch.cat(check_lps), cfg.logprob_tolerance)
         engine_check = {"engine/logprob_diff_mean": result.mean_abs_diff,
                         "engine/logprob_diff_max": result.max_abs_diff}
-    t_rollout = time.perf_counter() - t0
+    return Rollout(batch=batch, logprobs=torch.cat(logprobs), ref_logprobs=torch.cat(ref_logprobs),
+                   values=torch.cat(values), entropy=entropy_sum / max(float(batch.response_mask.sum()), 1.0),
+                   engine_check=engine_check,
+                   check_logprobs=torch.cat(check_lps) if check else None), time.perf_counter() - t0
 
+
+@torch.no_grad()
+def score(cfg: PPOConfig, rolled: Rollout, records_: Sequence[PromptRecord], scorer: Scorer, step: int,
+          device: torch.device) -> tuple[Experience, float]:
+    """Phase 2: the reward model's (or the judge's) score of each response, and the EOS trick of
+    phase 3; and the seconds it took."""
     t0 = time.perf_counter()
-    raw = scorer(conversations, [c.text for c in batch.completions], step)
+    raw = scorer([r.conversation for r in records_], [c.text for c in rolled.batch.completions], step)
     raw_scores = torch.tensor(raw, dtype=torch.float32, device=device)
     check_scores(raw_scores, raw, step)
-    scores = penalize_missing_eos(raw_scores, batch.ended_with_eos.to(device), cfg.missing_eos_penalty)
-    timings = {"time/rollout": t_rollout, "time/scoring": time.perf_counter() - t0}
-    return Experience(batch=batch, logprobs=torch.cat(logprobs), ref_logprobs=torch.cat(ref_logprobs),
-                      values=torch.cat(values), raw_scores=raw_scores, scores=scores,
-                      entropy=entropy_sum / max(float(batch.response_mask.sum()), 1.0), engine_check=engine_check,
-                      check_logprobs=torch.cat(check_lps) if check else None), timings
+    scores = penalize_missing_eos(raw_scores, rolled.batch.ended_with_eos.to(device), cfg.missing_eos_penalty)
+    return Experience.scored(rolled, raw_scores, scores), time.perf_counter() - t0
 
 
 @torch.no_grad()
@@ -284,7 +291,8 @@ def verify_reload(cfg: PPOConfig, engine: Engine, exp: Experience, policy, devic
             if math.isfinite(v)}
 
 
-def sync(cfg: PPOConfig, engine: Engine, exp: Experience, policy, device: torch.device) -> tuple[dict, dict]:
+def sync(cfg: PPOConfig, engine: Engine, exp: Experience, policy,
+         device: torch.device) -> tuple[dict[str, float], dict[str, float]]:
     """Phase 6: an engine holding its own weights gets the updated policy, and the reload is
     checked. Returns ({"time/weight_sync": seconds} or {}, the step's engine checks)."""
     if not holds_own_weights(engine):
@@ -381,11 +389,12 @@ def train_loop(run: Run, state: PPOState, progress: bool, on_step: Callable[[int
             task = bar.add_task("ppo", total=cfg.steps, completed=state.step, tokens=state.tokens)
             while state.step < cfg.steps:
                 t_step = time.perf_counter()
-                # 1-2. Rollout and score (no grad).
+                # 1. Rollout: this step's prompts, one response each (no grad).
                 batch_records, seeds = step_prompts(cfg, run.prompts.train, state.step)
-                exp, timings = rollout(cfg, batch_records, seeds, run.engine, run.models, run.scorer, state.step,
-                                       run.device)
-                # 3-4. Penalize, whiten, advantages.
+                rolled, t_rollout = rollout(cfg, batch_records, seeds, run.engine, run.models, run.device)
+                # 2. Score.
+                exp, t_scoring = score(cfg, rolled, batch_records, run.scorer, state.step, run.device)
+                # 3-4. The per-token KL penalty, reward scaling, GAE, whitening.
                 adv = compute_advantages(exp, cfg, optim.kl_ctl.value)
                 if kl_ran_away(cfg, adv.mean_kl):  # guard rail: stop, with a checkpoint of the last step
                     saved_at = save(run, state) if state.step > saved_at else saved_at
@@ -397,7 +406,7 @@ def train_loop(run: Run, state: PPOState, progress: bool, on_step: Callable[[int
                 t0 = time.perf_counter()
                 update_stats = ppo_update(exp, adv, cfg, state.step, run.models, optim, run.device)
                 optim.step_schedulers()
-                timings = {**timings, "time/training": time.perf_counter() - t0}
+                t_training = time.perf_counter() - t0
                 kl_coef = optim.kl_ctl.value  # the beta this step's rewards used
                 optim.kl_ctl.update(adv.mean_kl, cfg.batch_size)
                 drift = length_drift(cfg, exp.batch.response_mask, state.first_length, state.length_warned)
@@ -410,8 +419,9 @@ def train_loop(run: Run, state: PPOState, progress: bool, on_step: Callable[[int
 
                 # 7. Log, evaluate, checkpoint.
                 lr = optim.schedulers["policy"].get_last_lr()[0]
-                metrics = step_metrics(exp, adv, update_stats, kl_coef, drift, lr, engine_check,
-                                       {**timings, **sync_timings}, t_step)
+                timings = {"time/rollout": t_rollout, "time/scoring": t_scoring, "time/training": t_training,
+                           **sync_timings}
+                metrics = step_metrics(exp, adv, update_stats, kl_coef, drift, lr, engine_check, timings, t_step)
                 log_step(run, state.step, metrics, exp, adv, batch_records)
                 if run.prompts.eval and cfg.eval_every and state.step % cfg.eval_every == 0 and state.step < cfg.steps:
                     run_eval(run, state.step)

@@ -18,6 +18,7 @@ says what was waited on and for how long, never a silent hang.
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import threading
 import time
@@ -387,10 +388,10 @@ def chunks(n: int, size: int) -> list[list[int]]:
     return [list(range(i, min(i + size, n))) for i in range(0, n, size)]
 
 
-@dataclass(frozen=True)
-class Experience:
-    """One PPO step's rollout batch, scored (phases 1-2, with the EOS trick). Tensors are [B, R]
-    (response tokens) unless noted; all hold 0 on padding."""
+@dataclass(frozen=True, kw_only=True)
+class Rollout:
+    """Phase 1 of a PPO step: the sampled batch and the trainer's passes over it. Tensors are
+    [B, R] (response tokens) unless noted; all hold 0 on padding."""
 
     batch: RolloutBatch
     logprobs: torch.Tensor
@@ -398,10 +399,6 @@ class Experience:
     ref_logprobs: torch.Tensor
     values: torch.Tensor
     """V_old(s_t): the value model before this step's update."""
-    raw_scores: torch.Tensor
-    """[B] the reward model's (or judge's) score."""
-    scores: torch.Tensor
-    """[B] the score after the EOS trick."""
     entropy: float
     """Mean per-token entropy of the sampling distribution."""
     engine_check: dict[str, float]
@@ -409,6 +406,21 @@ class Experience:
     check_logprobs: torch.Tensor | None = None
     """[B, R] engines with their own weights: the trainer's raw (T = 1) log-probs before the
     update, which the reload check after it compares with (check_reload)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Experience(Rollout):
+    """A scored rollout (phase 2, with the EOS trick of phase 3): what the update learns from."""
+
+    raw_scores: torch.Tensor
+    """[B] the reward model's (or judge's) score."""
+    scores: torch.Tensor
+    """[B] the score after the EOS trick."""
+
+    @classmethod
+    def scored(cls, rollout: Rollout, raw_scores: torch.Tensor, scores: torch.Tensor) -> Experience:
+        return cls(**{f.name: getattr(rollout, f.name) for f in dataclasses.fields(rollout)},
+                   raw_scores=raw_scores, scores=scores)
 
 
 @dataclass(frozen=True)
