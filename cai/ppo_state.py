@@ -46,8 +46,8 @@ class PPOState:
                                    length_warned=self.length_warned or drift.warn, tokens=self.tokens + tokens)
 
 
-# state.json's fields besides the step, in the order they are written.
-_SAVED = ("first_length", "length_warned", "eval_start", "tokens")
+# state.json's fields besides the step (which leads it), in the order they are written.
+_SAVED = tuple(f.name for f in dataclasses.fields(PPOState) if f.name != "step")
 
 
 @dataclass(frozen=True)
