@@ -8,6 +8,10 @@ prompt keeps its id across runs and files).
 
 Rows with problems are never dropped silently: they become `Reject`s with the reason, which the
 stage writes to a rejects file and counts in its summary.
+
+Training data (`cai sft`, `cai rm train`, `cai rm eval`) is read by `read_rows`: a JSONL file, a
+dataset folder with `train_<kind>` / `test_<kind>` splits, or a stage output folder; its rows
+keep their location for the stage's own checks (`check_columns`).
 """
 
 from __future__ import annotations
@@ -16,13 +20,14 @@ import csv
 import hashlib
 import io
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from cai.conversation import parse_messages
 from cai.errors import InputError, Location
+from cai.records import read_jsonl
 
 
 @dataclass(frozen=True)
@@ -204,3 +209,102 @@ def reject_too_long(records: list[PromptRecord], engine, budget: int) -> tuple[l
         else:
             keep.append(r)
     return keep, rejects
+
+
+# ---------------------------------------------------------------------------------------------
+# Training data: a JSONL file, a Hugging Face dataset folder, or a stage output folder
+# ---------------------------------------------------------------------------------------------
+
+SPLITS = {"sft": ("train_sft", "test_sft"), "prefs": ("train_prefs", "test_prefs")}
+STAGE_FILES = {"sft": "sft.jsonl", "prefs": "prefs.jsonl"}
+
+
+@dataclass(frozen=True)
+class SourceRow:
+    """One raw row and where it came from (for error messages)."""
+
+    data: dict[str, Any]
+    where: Location
+
+
+def _jsonl_rows(path: Path) -> list[SourceRow]:
+    # read_jsonl skips blank lines and reports bad JSON with its line; number the rest here.
+    with path.open(encoding="utf-8") as f:
+        linenos = [i for i, line in enumerate(f, 1) if line.strip()]
+    return [SourceRow(obj, Location(str(path), lineno, record=_rid(obj)))
+            for lineno, obj in zip(linenos, read_jsonl(path), strict=True)]
+
+
+def _rid(obj: dict[str, Any]) -> str | None:
+    rid = obj.get("id")
+    return None if rid is None else str(rid)
+
+
+def _dataset_rows(folder: Path, kind: str, split: Literal["train", "test"]) -> list[SourceRow] | None:
+    from datasets import Dataset, DatasetDict, load_from_disk
+
+    try:
+        ds = load_from_disk(str(folder))
+    except Exception as e:  # datasets raises FileNotFoundError or its own errors
+        raise InputError(f"cannot read the dataset folder: {e}", Location(str(folder)),
+                         fix="pass a folder written by DatasetDict.save_to_disk, or a JSONL file") from e
+    if isinstance(ds, Dataset):
+        if split == "test":
+            return None
+        name, table = "", ds
+    else:
+        assert isinstance(ds, DatasetDict)
+        wanted = SPLITS[kind][0 if split == "train" else 1]
+        name = next((s for s in (wanted, split) if s in ds), None)
+        if name is None:
+            if split == "test":
+                return None
+            raise InputError(f"the dataset has no split {wanted!r} (its splits: {', '.join(ds)})",
+                             Location(str(folder)), fix=f"save the training rows as split {wanted!r}")
+        table = ds[name]
+    if split == "test" and len(table) == 0:
+        return None  # the stages keep an empty test split (with its columns) when nothing fell in it
+    label = f"{folder}[{name}]" if name else str(folder)
+    return [SourceRow(row, Location(label, record=_rid(row) or f"#{i}")) for i, row in enumerate(table)]
+
+
+def read_rows(source: str | Path, kind: Literal["sft", "prefs"],
+              split: Literal["train", "test"] = "train") -> list[SourceRow] | None:
+    """Rows of `source` for a split. `source` is a JSONL file (all rows are `train`; it has no
+    `test`), a dataset folder (`train_<kind>` / `test_<kind>`, or `train` / `test`), or a stage
+    output folder holding `dataset/` (preferred: it has both splits) or `<kind>.jsonl`.
+    Returns None for a missing or empty test split; a missing train split is an error."""
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise InputError(f"{path} does not exist", fix="check the path")
+    if path.is_file():
+        return _jsonl_rows(path) if split == "train" else None
+    if (path / "dataset_dict.json").exists() or (path / "dataset_info.json").exists():
+        return _dataset_rows(path, kind, split)
+    if (path / "dataset").is_dir():
+        return _dataset_rows(path / "dataset", kind, split)
+    if (path / STAGE_FILES[kind]).is_file():
+        return _jsonl_rows(path / STAGE_FILES[kind]) if split == "train" else None
+    have = ", ".join(sorted(p.name for p in path.iterdir())[:20]) or "nothing"
+    raise InputError(
+        f"{path} holds no training data (looked for dataset/, {STAGE_FILES[kind]}, or a saved dataset); "
+        f"it has: {have}",
+        fix="pass the output folder of the previous stage, a JSONL file or a dataset folder")
+
+
+def check_columns(rows: Sequence[SourceRow], needed: Sequence[str], source: str | Path) -> None:
+    """Every row must have the `needed` keys; the error names the file, the missing columns and
+    the columns the row does have."""
+    if not rows:
+        raise InputError(f"{source} has no rows", fix="check that the previous stage wrote data")
+    problems = []
+    for row in rows:
+        missing = [c for c in needed if c not in row.data]
+        if missing:
+            problems.append(f"{row.where}: missing column(s) {', '.join(map(repr, missing))} "
+                            f"(it has: {', '.join(row.data) or 'nothing'})")
+    if problems:
+        shown = problems[:10] + ([f"... and {len(problems) - 10} more rows"] if len(problems) > 10 else [])
+        raise InputError(f"{len(problems)} row(s) of {source} lack required columns "
+                         f"({', '.join(needed)}):\n  " + "\n  ".join(shown),
+                         fix=f"every row needs {', '.join(needed)}")

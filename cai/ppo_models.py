@@ -12,6 +12,7 @@ at a response's last token is then exactly the score the reward model gives it.
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -113,3 +114,38 @@ def save_value_model(value_model, tokenizer, folder: Path, max_length: int, sour
             folder, source="cai ppo value model")
     finally:
         value_model.score = folded
+
+
+@dataclass(frozen=True)
+class PPOModels:
+    """The models a PPO run trains and reads (the reward model lives inside the scorer)."""
+
+    policy: Any
+    ref: Any
+    """The frozen reference: a copy of the policy as loaded."""
+    value: Any
+    tokenizer: Any
+    path: str
+    """The policy's folder."""
+    generation_config: Any
+    """The policy's generation config as loaded, saved unchanged with the result."""
+
+
+def load_models(policy: str, reward_model: str | None, device: torch.device) -> PPOModels:
+    """The policy (a model name or folder), its reference and the value model (from
+    `reward_model`, or from the policy with a zero head when it is None)."""
+    path = models.resolve(policy)
+    policy_model, ref, tokenizer = load_policy(path, device)
+    generation_config = copy.deepcopy(policy_model.generation_config)
+    value = load_value_model(reward_model, path, tokenizer, device)
+    return PPOModels(policy_model, ref, value, tokenizer, path, generation_config)
+
+
+def save_models(m: PPOModels, out: Path, max_length: int, value_source: str) -> None:
+    """The result: the policy as a plain Hugging Face folder in `out` (with its generation config
+    and dropout as loaded), and the value model in out/value."""
+    m.policy.generation_config = m.generation_config
+    restore_dropout(m.policy, m.path)
+    m.policy.to("cpu").save_pretrained(out, safe_serialization=True)
+    m.tokenizer.save_pretrained(out)
+    save_value_model(m.value, m.tokenizer, out / "value", max_length, value_source)

@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 
 from cai.conversation import as_messages
+from cai.data import SourceRow, check_columns, read_rows
 from cai.engine.base import Message
 from cai.errors import InputError, Location, MultiError
-from cai.train_common import SourceRow, check_columns, read_rows
 
 # ---------------------------------------------------------------------------------------------
 # The loss

@@ -31,20 +31,13 @@ from typing import Any
 import torch
 
 from cai import models, records
+from cai.checkpoint import finished_run, mark_finished, seed_everything, training_inputs
 from cai.conversation import as_messages, parse_dialogue
 from cai.engine import tokens
 from cai.errors import ConfigError, ModelNotFoundError
 from cai.preferences import PreferencePair, label_agreement, preference_loss, read_pairs
 from cai.sft import load_tokenizer
-from cai.train_common import (
-    Task,
-    TrainConfig,
-    finished_run,
-    fit,
-    mark_finished,
-    seed_everything,
-    training_inputs,
-)
+from cai.train_common import Task, TrainConfig, fit
 
 Message = dict[str, str]
 NORM_FILE = "cai_reward.json"

@@ -26,10 +26,10 @@ from typing import TYPE_CHECKING, Any, Literal
 import torch
 
 from cai.conversation import as_messages
+from cai.data import SourceRow, read_rows
 from cai.errors import ConfigError, InputError, MultiError
 from cai.preferences import PreferencePair, label_agreement, pairs_from_rows, preference_loss
 from cai.records import write_jsonl_atomic
-from cai.train_common import SourceRow, read_rows
 
 if TYPE_CHECKING:  # annotations only: training (cai.reward) evaluates through this module
     from cai.reward import RewardModel

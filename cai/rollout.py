@@ -18,6 +18,7 @@ EngineError that says what was waited on and for how long, never a silent hang.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -300,3 +301,71 @@ def check_reload(engine: Engine, batch: RolloutBatch, previous_lp: torch.Tensor,
             fix="restart the run (it resumes from the last checkpoint); if it happens again, the engine's "
                 "reload_weights does not reach the weights its kernels use (check the vLLM version)")
     return check
+
+
+# ---------------------------------------------------------------------------------------------
+# One PPO step's experience
+# ---------------------------------------------------------------------------------------------
+
+
+def chunks(n: int, size: int) -> list[list[int]]:
+    """Row indices 0 .. n-1 in consecutive groups of at most `size` (one forward pass each)."""
+    return [list(range(i, min(i + size, n))) for i in range(0, n, size)]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Rollout:
+    """Phase 1 of a PPO step: the sampled batch and the trainer's passes over it. Tensors are
+    [B, R] (response tokens) unless noted; all hold 0 on padding."""
+
+    batch: RolloutBatch
+    logprobs: torch.Tensor
+    """log pi_old(a_t) at the sampling temperature (the trainer's, not the engine's)."""
+    ref_logprobs: torch.Tensor
+    values: torch.Tensor
+    """V_old(s_t): the value model before this step's update."""
+    entropy: float
+    """Mean per-token entropy of the sampling distribution."""
+    engine_check: dict[str, float]
+    """The engine/trainer log-prob agreement of this batch (engines with their own weights)."""
+    check_logprobs: torch.Tensor | None = None
+    """[B, R] engines with their own weights: the trainer's raw (T = 1) log-probs before the
+    update, which the reload check after it compares with (check_reload)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Experience(Rollout):
+    """A scored rollout (phase 2, with the EOS trick of phase 3): what the update learns from."""
+
+    raw_scores: torch.Tensor
+    """[B] the reward model's (or judge's) score."""
+    scores: torch.Tensor
+    """[B] the score after the EOS trick."""
+
+    @classmethod
+    def scored(cls, rollout: Rollout, raw_scores: torch.Tensor, scores: torch.Tensor) -> Experience:
+        return cls(**{f.name: getattr(rollout, f.name) for f in dataclasses.fields(rollout)},
+                   raw_scores=raw_scores, scores=scores)
+
+
+@dataclass(frozen=True)
+class Advantages:
+    """What phases 3-4 compute from an Experience (cai.ppo.compute_advantages); [B, R], 0 on
+    padding."""
+
+    kl: torch.Tensor
+    """Per-token log pi - log pi_ref."""
+    rewards: torch.Tensor
+    """Per-token rewards (KL penalty, the score at the last token), after reward scaling."""
+    reward_scale: torch.Tensor
+    """[] the factor reward scaling multiplied the rewards by (1 / their std, or 1); values are
+    multiplied by it before GAE and the value loss."""
+    advantages: torch.Tensor
+    """GAE advantages, whitened."""
+    returns: torch.Tensor
+    """In the scaled units of `rewards`."""
+
+    @property
+    def mean_kl(self) -> float:
+        """The mean per-response KL to the reference, in nats."""
+        return float(self.kl.sum(-1).mean())

@@ -24,20 +24,12 @@ import torch
 import torch.nn.functional as F
 
 from cai import models, records
+from cai.checkpoint import finished_run, mark_finished, seed_everything, training_inputs
 from cai.conversation import check_messages
+from cai.data import check_columns, read_rows
 from cai.engine import tokens
 from cai.errors import ConfigError, InputError, MultiError
-from cai.train_common import (
-    Task,
-    TrainConfig,
-    check_columns,
-    finished_run,
-    fit,
-    mark_finished,
-    read_rows,
-    seed_everything,
-    training_inputs,
-)
+from cai.train_common import Task, TrainConfig, fit
 
 IGNORE = -100  # label of a token the loss skips (PyTorch's cross_entropy ignore_index)
 

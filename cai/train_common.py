@@ -1,5 +1,6 @@
-"""What `cai sft` and `cai rm train` share: the config fields every training run has, reading
-training data, and one training loop with checkpoints, exact resume, logging and a progress bar.
+"""What `cai sft` and `cai rm train` share: the config fields every training run has and one
+training loop with checkpoints (cai.checkpoint), exact resume, logging and a progress bar. The
+training data is read by cai.data.read_rows.
 
 A stage plugs into the loop with a `Task`: how to collate examples into a micro-batch and the
 *summed* loss of a micro-batch. The loop divides by the number of units (tokens for SFT, pairs
@@ -18,8 +19,6 @@ import contextlib
 import functools
 import json
 import math
-import random
-import shutil
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
@@ -27,12 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 
 from cai import terminal
-from cai.errors import ConfigError, InputError, Location, ResumeError
-from cai.records import read_jsonl
+from cai.checkpoint import latest_checkpoint, rng_state, save_checkpoint, set_rng_state
+from cai.errors import ConfigError, InputError, ResumeError
 
 # ---------------------------------------------------------------------------------------------
 # Config
@@ -155,136 +153,8 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
 
 
 # ---------------------------------------------------------------------------------------------
-# Training data: a JSONL file, a Hugging Face dataset folder, or a stage output folder
+# Data order, optimizer, scheduler
 # ---------------------------------------------------------------------------------------------
-
-SPLITS = {"sft": ("train_sft", "test_sft"), "prefs": ("train_prefs", "test_prefs")}
-STAGE_FILES = {"sft": "sft.jsonl", "prefs": "prefs.jsonl"}
-
-
-@dataclass(frozen=True)
-class SourceRow:
-    """One raw row and where it came from (for error messages)."""
-
-    data: dict[str, Any]
-    where: Location
-
-
-def _jsonl_rows(path: Path) -> list[SourceRow]:
-    # read_jsonl skips blank lines and reports bad JSON with its line; number the rest here.
-    with path.open(encoding="utf-8") as f:
-        linenos = [i for i, line in enumerate(f, 1) if line.strip()]
-    return [SourceRow(obj, Location(str(path), lineno, record=_rid(obj)))
-            for lineno, obj in zip(linenos, read_jsonl(path), strict=True)]
-
-
-def _rid(obj: dict[str, Any]) -> str | None:
-    rid = obj.get("id")
-    return None if rid is None else str(rid)
-
-
-def _dataset_rows(folder: Path, kind: str, split: Literal["train", "test"]) -> list[SourceRow] | None:
-    from datasets import Dataset, DatasetDict, load_from_disk
-
-    try:
-        ds = load_from_disk(str(folder))
-    except Exception as e:  # datasets raises FileNotFoundError or its own errors
-        raise InputError(f"cannot read the dataset folder: {e}", Location(str(folder)),
-                         fix="pass a folder written by DatasetDict.save_to_disk, or a JSONL file") from e
-    if isinstance(ds, Dataset):
-        if split == "test":
-            return None
-        name, table = "", ds
-    else:
-        assert isinstance(ds, DatasetDict)
-        wanted = SPLITS[kind][0 if split == "train" else 1]
-        name = next((s for s in (wanted, split) if s in ds), None)
-        if name is None:
-            if split == "test":
-                return None
-            raise InputError(f"the dataset has no split {wanted!r} (its splits: {', '.join(ds)})",
-                             Location(str(folder)), fix=f"save the training rows as split {wanted!r}")
-        table = ds[name]
-    if split == "test" and len(table) == 0:
-        return None  # the stages keep an empty test split (with its columns) when nothing fell in it
-    label = f"{folder}[{name}]" if name else str(folder)
-    return [SourceRow(row, Location(label, record=_rid(row) or f"#{i}")) for i, row in enumerate(table)]
-
-
-def read_rows(source: str | Path, kind: Literal["sft", "prefs"],
-              split: Literal["train", "test"] = "train") -> list[SourceRow] | None:
-    """Rows of `source` for a split. `source` is a JSONL file (all rows are `train`; it has no
-    `test`), a dataset folder (`train_<kind>` / `test_<kind>`, or `train` / `test`), or a stage
-    output folder holding `dataset/` (preferred: it has both splits) or `<kind>.jsonl`.
-    Returns None for a missing or empty test split; a missing train split is an error."""
-    path = Path(source).expanduser()
-    if not path.exists():
-        raise InputError(f"{path} does not exist", fix="check the path")
-    if path.is_file():
-        return _jsonl_rows(path) if split == "train" else None
-    if (path / "dataset_dict.json").exists() or (path / "dataset_info.json").exists():
-        return _dataset_rows(path, kind, split)
-    if (path / "dataset").is_dir():
-        return _dataset_rows(path / "dataset", kind, split)
-    if (path / STAGE_FILES[kind]).is_file():
-        return _jsonl_rows(path / STAGE_FILES[kind]) if split == "train" else None
-    have = ", ".join(sorted(p.name for p in path.iterdir())[:20]) or "nothing"
-    raise InputError(
-        f"{path} holds no training data (looked for dataset/, {STAGE_FILES[kind]}, or a saved dataset); "
-        f"it has: {have}",
-        fix="pass the output folder of the previous stage, a JSONL file or a dataset folder")
-
-
-def check_columns(rows: Sequence[SourceRow], needed: Sequence[str], source: str | Path) -> None:
-    """Every row must have the `needed` keys; the error names the file, the missing columns and
-    the columns the row does have."""
-    if not rows:
-        raise InputError(f"{source} has no rows", fix="check that the previous stage wrote data")
-    problems = []
-    for row in rows:
-        missing = [c for c in needed if c not in row.data]
-        if missing:
-            problems.append(f"{row.where}: missing column(s) {', '.join(map(repr, missing))} "
-                            f"(it has: {', '.join(row.data) or 'nothing'})")
-    if problems:
-        shown = problems[:10] + ([f"... and {len(problems) - 10} more rows"] if len(problems) > 10 else [])
-        raise InputError(f"{len(problems)} row(s) of {source} lack required columns "
-                         f"({', '.join(needed)}):\n  " + "\n  ".join(shown),
-                         fix=f"every row needs {', '.join(needed)}")
-
-
-# ---------------------------------------------------------------------------------------------
-# RNG, optimizer, scheduler
-# ---------------------------------------------------------------------------------------------
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def rng_state() -> dict[str, Any]:
-    np_state = np.random.get_state()
-    return {
-        "python": random.getstate(),
-        "numpy": (np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]),
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-    }
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(_as_tuples(state["python"]))
-    name, keys, *rest = state["numpy"]
-    np.random.set_state((name, keys.numpy(), *rest))
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _as_tuples(x: Any) -> Any:
-    return tuple(_as_tuples(v) for v in x) if isinstance(x, (list, tuple)) else x
 
 
 @functools.lru_cache(maxsize=2)
@@ -329,113 +199,6 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_ste
     name = {"constant": "constant_with_warmup"}.get(cfg.lr_scheduler, cfg.lr_scheduler)
     return get_scheduler(name, optimizer, num_warmup_steps=round(cfg.warmup_ratio * total_steps),
                          num_training_steps=total_steps)
-
-
-# ---------------------------------------------------------------------------------------------
-# Checkpoints
-# ---------------------------------------------------------------------------------------------
-
-CHECKPOINTS = "checkpoints"
-DONE_FILE = "train_done.json"
-
-
-def checkpoint_dirs(out: Path) -> list[Path]:
-    """Complete checkpoints (state.json is written last), oldest first."""
-    root = Path(out) / CHECKPOINTS
-    if not root.is_dir():
-        return []
-    dirs = [d for d in root.glob("step-*") if d.is_dir() and (d / "state.json").exists()]
-    return sorted(dirs, key=lambda d: int(d.name.split("-")[1]))
-
-
-def save_checkpoint(out: Path, step: int, model: torch.nn.Module, optimizer, scheduler,
-                    rng: dict[str, Any], state: dict[str, Any], keep: int) -> Path:
-    """Write a checkpoint to a temporary folder and rename it into place, then prune old ones."""
-    root = Path(out) / CHECKPOINTS
-    final = root / f"step-{step:08d}"
-    tmp = root / f".step-{step:08d}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    torch.save(model.state_dict(), tmp / "model.pt")
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-    torch.save(rng, tmp / "rng.pt")
-    (tmp / "state.json").write_text(json.dumps({"step": step, **state}, indent=1))
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
-    for old in checkpoint_dirs(out)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
-def load_checkpoint(folder: Path, model: torch.nn.Module, optimizer, scheduler) -> dict[str, Any]:
-    """Restore model, optimizer and scheduler from `folder`; returns state.json plus the RNG
-    state (restored by the caller at the right moment)."""
-    try:
-        model.load_state_dict(torch.load(folder / "model.pt", map_location="cpu", weights_only=True))
-        optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True))
-        scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
-        rng = torch.load(folder / "rng.pt", weights_only=True)
-    except (OSError, RuntimeError, KeyError) as e:
-        raise ResumeError(f"cannot resume from checkpoint {folder}: {e}",
-                          fix="delete that checkpoint folder to resume from an older one, "
-                              "or use a new --out") from e
-    state = json.loads((folder / "state.json").read_text())
-    state["rng"] = rng
-    return state
-
-
-def is_finished(out: Path) -> dict[str, Any] | None:
-    """The summary of a finished run in `out`, or None."""
-    path = Path(out) / DONE_FILE
-    return json.loads(path.read_text()) if path.exists() else None
-
-
-def training_inputs(models: dict[str, str | Path], data: dict[str, Any]) -> dict[str, Any]:
-    """What a training run was made from beyond its config, recorded in inputs.json and compared
-    on resume: each model folder's fingerprint (a model fine-tuned or re-converted in place keeps
-    its path) and a hash of the data actually trained and evaluated on (a data file edited at
-    the same path keeps its path too). Resuming, or reusing a finished run, after either changed
-    would silently mix two runs."""
-    from cai import models as models_mod
-    from cai.provenance import rows_key
-
-    return {"model_fingerprints": {role: models_mod.fingerprint(p) for role, p in models.items()},
-            "data_hashes": {role: rows_key(rows) for role, rows in data.items()}}
-
-
-def finished_run(out: Path, cfg: Any, inputs: dict[str, Any] | None = None) -> dict[str, Any] | None:
-    """The summary of a finished run in `out` made with `cfg` (and `inputs`, see
-    `training_inputs`), or None if there is none. A finished run made with another config or
-    other inputs is refused: it would not be trained further."""
-    import yaml
-
-    from cai import config as cfg_mod
-    from cai.records import CONFIG_FILE, INPUTS_FILE
-
-    done = is_finished(out)
-    if done is None:
-        return None
-    path = Path(out) / CONFIG_FILE
-    old = yaml.safe_load(path.read_text()) if path.exists() else {}
-    changes = cfg_mod.diff(old or {}, cfg_mod.to_jsonable(cfg))
-    if inputs is not None:
-        old_inputs = Path(out) / INPUTS_FILE
-        old_inputs = json.loads(old_inputs.read_text()) if old_inputs.exists() else {}
-        changes += [f"inputs.{c}" for c in cfg_mod.diff(old_inputs, cfg_mod.to_jsonable(inputs))]
-    if changes:
-        raise ResumeError(f"{out} holds a finished run made with a different config:\n    "
-                          + "\n    ".join(changes),
-                          fix="choose a new --out folder (a finished run is not trained further)")
-    return {**done, "already_finished": True}
-
-
-def mark_finished(out: Path, summary: dict[str, Any], cfg: TrainConfig) -> None:
-    tmp = Path(out) / (DONE_FILE + ".tmp")
-    tmp.write_text(json.dumps(summary, indent=1))
-    tmp.replace(Path(out) / DONE_FILE)
-    if cfg.delete_checkpoints_when_done:
-        shutil.rmtree(Path(out) / CHECKPOINTS, ignore_errors=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -568,56 +331,68 @@ class FitResult:
     eval_metrics: dict[str, float]
 
 
-def fit(model: torch.nn.Module, examples: Sequence[Any], task: Task, cfg: TrainConfig, *,
-        progress: bool = True, description: str = "training",
-        on_step: Callable[[int], None] | None = None) -> FitResult:
-    """Train `model` on `examples` with the shared loop; resumes from the newest checkpoint in
-    cfg.out. The caller seeds (seed_everything) before building the model and saves it after.
-    `on_step(step)` runs after each finished step (tests use it to simulate a crash)."""
-    out = Path(cfg.out)
-    device = resolve_device(cfg.device)
+def _prepare(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> None:
     model.to(device)
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         if hasattr(model.config, "use_cache"):
             model.config.use_cache = False
     model.train()
-    n = len(examples)
+
+
+def _resume(out: Path, parts: dict[str, Any], n: int) -> int:
+    """The step to start from: the newest checkpoint's (its parts and RNG state restored), or 0."""
+    ckpt = latest_checkpoint(out, parts)
+    if ckpt is None:
+        return 0
+    if ckpt.state.get("n_examples") != n:
+        raise ResumeError(f"{ckpt.folder} was made from {ckpt.state.get('n_examples')} examples; the data "
+                          f"now has {n}", fix="use the same data to resume, or a new --out folder")
+    set_rng_state(ckpt.rng)
+    return ckpt.step
+
+
+def _evaluate(model: torch.nn.Module, task: Task, cfg: TrainConfig, device: torch.device) -> dict[str, float]:
+    """task.evaluate in eval mode, without gradients, under the run's precision."""
+    assert task.evaluate is not None
+    model.eval()
+    with torch.no_grad(), autocast(device, cfg.precision):
+        metrics = {f"eval/{k}": v for k, v in task.evaluate(model).items()}
+    model.train()
+    return metrics
+
+
+def fit(model: torch.nn.Module, examples: Sequence[Any], task: Task, cfg: TrainConfig, *,
+        progress: bool = True, description: str = "training",
+        on_step: Callable[[int], None] | None = None) -> FitResult:
+    """Train `model` on `examples` with the shared loop; resumes from the newest checkpoint in
+    cfg.out. The caller seeds (seed_everything) before building the model and saves it after.
+    `on_step(step)` runs after each finished step (tests use it to simulate a crash)."""
+    out, n = Path(cfg.out), len(examples)
+    device = resolve_device(cfg.device)
+    _prepare(model, cfg, device)
     total = cfg.total_steps(n)
     optimizer = make_optimizer(model, cfg)
     scheduler = make_scheduler(optimizer, cfg, total)
-
-    start = 0
-    ckpts = checkpoint_dirs(out)
-    if ckpts:
-        state = load_checkpoint(ckpts[-1], model, optimizer, scheduler)
-        if state.get("n_examples") != n:
-            raise ResumeError(f"{ckpts[-1]} was made from {state.get('n_examples')} examples; the data "
-                              f"now has {n}", fix="use the same data to resume, or a new --out folder")
-        start = state["step"]
-        set_rng_state(state["rng"])
+    parts = {"model": model, "optimizer": optimizer, "scheduler": scheduler}
+    start = _resume(out, parts, n)
 
     log = MetricsLog(out, start)
     last: dict[str, float] = {}
     evals: dict[str, float] = {}
-    step = start
+    step = saved_at = start
     step_rng = rng_state()  # the RNG state at the end of the last finished step (what a checkpoint holds)
-    saved_at = start
 
     def checkpoint(at: int, rng: dict[str, Any]) -> None:
         nonlocal saved_at
-        save_checkpoint(out, at, model, optimizer, scheduler, rng,
-                        {"samples_seen": at * cfg.batch_size, "n_examples": n, "total_steps": total},
-                        cfg.keep_checkpoints)
+        save_checkpoint(out, at, parts, rng, {"samples_seen": at * cfg.batch_size, "n_examples": n,
+                                              "total_steps": total}, cfg.keep_checkpoints)
         saved_at = at
 
     def run_eval(at: int) -> dict[str, float]:
         if task.evaluate is None:
             return {}
-        model.eval()
-        with torch.no_grad(), autocast(device, cfg.precision):
-            metrics = {f"eval/{k}": v for k, v in task.evaluate(model).items()}
-        model.train()
+        metrics = _evaluate(model, task, cfg, device)
         log.log(at, metrics)
         return metrics
 
@@ -635,11 +410,10 @@ def fit(model: torch.nn.Module, examples: Sequence[Any], task: Task, cfg: TrainC
                 step += 1
                 step_rng = rng_state()
                 window_samples += sum(b["samples"] for b in micro)
-                tokens = sum(b["tokens"] for b in micro)
                 elapsed = time.perf_counter() - window_t
                 speed = window_samples / elapsed if elapsed > 0 else 0.0
                 metrics |= {"train/epoch": step * cfg.batch_size / n, "perf/samples_per_s": speed,
-                            "perf/tokens_per_step": tokens}
+                            "perf/tokens_per_step": sum(b["tokens"] for b in micro)}
                 last = metrics
                 update(step, speed, metrics.get("train/loss", float("nan")))
                 if cfg.log_every and (step % cfg.log_every == 0 or step == total):

@@ -98,7 +98,7 @@ def run(cmd: list[str], log: Path, env: dict[str, str] | None = None, kill_after
         killed = False
         while proc.poll() is None:
             due = kill_after is not None and time.monotonic() - t0 >= kill_after
-            # cai.train_common writes a checkpoint into `.step-N.tmp`, then renames it.
+            # cai.checkpoint writes a checkpoint into `.step-N.tmp`, then renames it.
             new = kill_when is not None and kill_when.exists() and any(kill_when.rglob(".step-*.tmp"))
             if due or new:
                 os.killpg(proc.pid, signal.SIGKILL)

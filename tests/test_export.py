@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from cai.data import read_rows
 from cai.errors import ConfigError
 from cai.export import (
     ExportConfig,
@@ -17,7 +18,6 @@ from cai.export import (
     write_dataset,
 )
 from cai.schema import ConstitutionStamp, Provenance, ReviseRecord, Round, Step, chain_flags
-from cai.train_common import read_rows
 
 
 def step(text, flags=()):

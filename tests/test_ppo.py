@@ -458,7 +458,11 @@ def test_resume_after_ctrl_c_equals_an_uninterrupted_run(tiny, tmp_path):
     cfg = tiny_config(tiny, cut_dir, **kw)
     with pytest.raises(KeyboardInterrupt):
         train_ppo(cfg, progress=False, on_step=interrupt)
-    assert (cut_dir / "out" / "checkpoints" / "step-00000002" / "state.json").exists()
+    ckpt = cut_dir / "out" / "checkpoints" / "step-00000002"
+    assert sorted(p.name for p in ckpt.iterdir()) == ["optimizers.pt", "policy.pt", "rng.pt", "schedulers.pt",
+                                                    "state.json", "value.pt"]
+    assert list(json.loads((ckpt / "state.json").read_text())) == [
+        "step", "first_length", "length_warned", "eval_start", "tokens", "kl_controller", "n_prompts", "prompts_seen"]
     summary = train_ppo(cfg, progress=False)
     assert summary["resumed_from"] == 2 and summary["steps"] == 3
 
@@ -698,9 +702,9 @@ def test_a_value_model_that_predicts_the_returns_gives_zero_advantage_under_rewa
     real_whiten = ppo_mod.masked_whiten
     try:
         ppo_mod.masked_whiten = lambda x, m: raw.setdefault("adv", x)
-        compute_advantages(exp, cfg, kl_coef=0.0)
+        adv = compute_advantages(exp, cfg, kl_coef=0.0)
     finally:
         ppo_mod.masked_whiten = real_whiten
     torch.testing.assert_close(raw["adv"], torch.zeros(2, 6), atol=1e-6, rtol=0)
-    torch.testing.assert_close(exp.returns / exp.reward_scale, exp.values, atol=1e-6, rtol=0)
-    assert (float(exp.reward_scale) != 1.0) == (scaling == "std")
+    torch.testing.assert_close(adv.returns / adv.reward_scale, exp.values, atol=1e-6, rtol=0)
+    assert (float(adv.reward_scale) != 1.0) == (scaling == "std")

@@ -11,18 +11,11 @@ import torch
 from helpers import write_jsonl
 from safetensors.torch import load_file
 
+from cai.checkpoint import is_finished, rng_state, seed_everything, set_rng_state
+from cai.data import check_columns, read_rows
 from cai.errors import ConfigError, InputError, ResumeError
 from cai.sft import SFTConfig, train_sft
-from cai.train_common import (
-    batch_indices,
-    check_columns,
-    exact_div,
-    is_finished,
-    read_rows,
-    rng_state,
-    seed_everything,
-    set_rng_state,
-)
+from cai.train_common import batch_indices, exact_div
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # one intra-op thread (conftest.py says why)
 
@@ -201,6 +194,11 @@ def test_checkpoints_are_pruned_and_logs_written(tiny, tmp_path):
     train_sft(sft_config(tiny, data, out, max_steps=5, checkpoint_every=1, keep_checkpoints=2,
                          delete_checkpoints_when_done=False), progress=False)
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000003", "step-00000004"]
+    ckpt = out / "checkpoints" / "step-00000004"
+    assert sorted(p.name for p in ckpt.iterdir()) == ["model.pt", "optimizer.pt", "rng.pt", "scheduler.pt",
+                                                    "state.json"]
+    assert json.loads((ckpt / "state.json").read_text()) == {"step": 4, "samples_seen": 16, "n_examples": 4,
+                                                             "total_steps": 5}
     logged = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert {"train/loss", "train/lr", "train/grad_norm", "perf/samples_per_s"} <= logged[0].keys()
     assert list((out / "tb").glob("events.out.tfevents.*"))
@@ -224,8 +222,8 @@ def test_data_hash_of_a_large_training_set_is_computed_row_by_row():
     all is gigabytes. The hash is the same as `key(rows)`, but made without that text."""
     import tracemalloc
 
+    from cai.checkpoint import training_inputs
     from cai.provenance import key
-    from cai.train_common import training_inputs
 
     rows = [{"input_ids": list(range(1000 + i, 1512 + i)), "labels": list(range(512))} for i in range(2000)]
     tracemalloc.start()
