@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from cai import models, records
+from cai.atomic import write_json_atomic
 from cai.engine import tokens
 from cai.errors import ConfigError, InputError, Location, ModelNotFoundError, MultiError
 from cai.sft import load_tokenizer
@@ -324,9 +325,7 @@ class RewardModel:
         self.info = {"format": "cai-reward/1", "gain": self.gain, "bias": self.bias,
                      "max_length": self.max_length, "score_token": "last non-padding token",
                      **extra}
-        tmp = folder / (NORM_FILE + ".tmp")
-        tmp.write_text(json.dumps(self.info, indent=1))
-        tmp.replace(folder / NORM_FILE)
+        write_json_atomic(folder / NORM_FILE, self.info, indent=1, newline=False)
 
     def encode(self, prompt: list[Message] | str, response: str | list[Message]) -> list[int]:
         prompt = parse_dialogue(prompt) if isinstance(prompt, str) else prompt
@@ -486,7 +485,7 @@ def train_reward(cfg: RMConfig, *, force: bool = False, progress: bool = True,
     report = evaluate_pairs(rm, eval_pairs, cfg.score_batch_size) if eval_pairs else None
     rm.save(out, stats=norm["stats"], base=cfg.base, prefs=cfg.prefs)
     if report is not None:
-        (out / "eval.json").write_text(json.dumps(report, indent=1))
+        write_json_atomic(out / "eval.json", report, indent=1, newline=False)
     summary = {
         "stage": "rm", "base": cfg.base, "prefs": cfg.prefs, "pairs": len(pairs),
         "soft_labels": sum(pr.p not in (0.0, 1.0) for pr in pairs), "truncated": truncated,
