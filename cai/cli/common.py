@@ -155,7 +155,7 @@ def _check_required(flags: list[Flag], values: dict[str, Any]) -> None:
 
 
 def _parameter(cls: type, flag: Flag) -> inspect.Parameter:
-    owner, default, present = _field(cls, flag.field)
+    owner, default = _field(cls, flag.field)
     leaf = flag.field.rpartition(".")[2]
     tp, hint = _flag_type(typing.get_type_hints(owner)[leaf])
     tp = flag.type or tp
@@ -163,30 +163,30 @@ def _parameter(cls: type, flag: Flag) -> inspect.Parameter:
     decls = [flag.flag, *([flag.short] if flag.short else [])]
     if tp is bool and _off(flag):
         decls[0] += "/" + _off(flag)
-    shown = _default_text(flag, default) if present and flag.show_default else None
+    shown = _default_text(flag, default) if flag.show_default else None
     if shown:  # in the text: the option's own default is None (not given), which typer would show
         text += " " + escape(f"[default: {shown}]")
     return inspect.Parameter(flag.param, inspect.Parameter.KEYWORD_ONLY, annotation=tp | None,
                              default=typer.Option(None, *decls, help=text, show_default=False))
 
 
-def _field(cls: type, path: str) -> tuple[type, Any, bool]:
-    """The dataclass that declares the last field of `path`, that field's default as `cls` sets it
-    (a section's default comes from `cls`: PPO's rollout engine defaults to hf), and whether there
-    is one (a section that defaults to None has none)."""
+def _field(cls: type, path: str) -> tuple[type, Any]:
+    """The dataclass that declares the last field of `path`, and that field's default as `cls`
+    sets it (a section's default comes from `cls`: PPO's rollout engine defaults to hf);
+    MISSING where there is none (a required field, a section that defaults to None)."""
     *sections, leaf = path.split(".")
-    owner, value = cls, None
-    for s in sections:
-        f = {f.name: f for f in dataclasses.fields(owner)}[s]
-        value = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        owner = _section_class(typing.get_type_hints(owner)[s])
-        if value is None:
-            return owner, None, False
-    if sections:
-        return owner, getattr(value, leaf), True
-    f = {f.name: f for f in dataclasses.fields(owner)}[leaf]
-    default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-    return owner, default, default is not dataclasses.MISSING
+    owner, section = cls, None
+    for name in sections:
+        section = _default(owner, name) if section is None else getattr(section, name)
+        owner = _section_class(typing.get_type_hints(owner)[name])
+        if section is None:
+            return owner, dataclasses.MISSING
+    return owner, getattr(section, leaf) if sections else _default(owner, leaf)
+
+
+def _default(cls: type, name: str) -> Any:
+    f = cls.__dataclass_fields__[name]
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
 
 
 def _section_class(tp: Any) -> type | None:
@@ -206,7 +206,7 @@ def _flag_type(tp: Any) -> tuple[Any, str]:
 
 
 def _default_text(flag: Flag, default: Any) -> str | None:
-    if default in ("", None) or flag.value is not None:
+    if default in ("", None, dataclasses.MISSING) or flag.value is not None:
         return None
     if isinstance(default, bool):
         return (flag.flag if default else _off(flag)).lstrip("-") or None
