@@ -24,6 +24,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from cai.atomic import write_json_atomic
 from cai.errors import ResumeError
 
 CHECKPOINTS = "checkpoints"
@@ -211,8 +212,6 @@ def finished_run(out: Path, cfg: Any, inputs: dict[str, Any] | None = None) -> d
 
 def mark_finished(out: Path, summary: dict[str, Any], cfg: Any) -> None:
     """Write the summary as DONE_FILE; then remove checkpoints/ if cfg.delete_checkpoints_when_done."""
-    tmp = Path(out) / (DONE_FILE + ".tmp")
-    tmp.write_text(json.dumps(summary, indent=1))
-    tmp.replace(Path(out) / DONE_FILE)
+    write_json_atomic(Path(out) / DONE_FILE, summary, indent=1, newline=False)
     if cfg.delete_checkpoints_when_done:
         shutil.rmtree(Path(out) / CHECKPOINTS, ignore_errors=True)

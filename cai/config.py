@@ -7,9 +7,12 @@ applying flag overrides, saving the resolved config next to the outputs, and the
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import difflib
+import inspect
 import json
+import textwrap
 import types
 import typing
 from pathlib import Path
@@ -17,7 +20,8 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 
-from cai.errors import ConfigError, Location, write_error
+from cai.atomic import write_text_atomic
+from cai.errors import ConfigError, Location
 
 T = TypeVar("T")
 
@@ -92,18 +96,44 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
 
 
 def build(cls: type[T], values: dict[str, Any], where: str = "config") -> T:
-    """Make a config dataclass from a mapping, rejecting unknown keys and wrong types."""
+    """Make a config dataclass from a mapping, rejecting unknown keys and wrong types.
+
+    A nested section given in part (`engine: {dtype: float32}`, or one engine flag) fills in from
+    the default this class gives that section, not from the section class's own defaults: PPO's
+    `rollout_engine` defaults to the hf backend while EngineConfig defaults to vllm."""
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     kwargs = {}
     for key, value in values.items():
         if key not in fields:
             raise ConfigError(f"{where}.{key}: unknown key {key!r}", fix=did_you_mean(key, list(fields)))
-        kwargs[key] = _coerce(value, hints[key], f"{where}.{key}")
+        kwargs[key] = _coerce(_with_section_default(fields[key], value), hints[key], f"{where}.{key}")
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{where}: {e}") from e
+
+
+def _with_section_default(f: dataclasses.Field, value: Any) -> Any:
+    default = f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+    if isinstance(value, dict) and dataclasses.is_dataclass(default) and not isinstance(default, type):
+        return {k.name: getattr(default, k.name) for k in dataclasses.fields(default) if k.init} | value
+    return value
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring under each field of a config dataclass (and its bases), read from the
+    source, whitespace folded: the one description of a field, shown as its flag's help."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        body = ast.parse(textwrap.dedent(inspect.getsource(klass))).body[0].body
+        for node, nxt in zip(body, body[1:], strict=False):
+            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and \
+                    isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+                docs[node.target.id] = " ".join(str(nxt.value.value).split())
+    return docs
 
 
 def load(cls: type[T], path: Path | None = None, overrides: dict[str, Any] | None = None) -> T:
@@ -188,14 +218,7 @@ def to_jsonable(obj: Any) -> Any:
 
 def save(config: Any, path: Path) -> None:
     """Write the resolved config as YAML (readable, and loadable again with `load`)."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(yaml.safe_dump(to_jsonable(config), sort_keys=False))
-        tmp.replace(path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)  # the old file, if any, is untouched
-        raise write_error(path, e) from e
+    write_text_atomic(path, yaml.safe_dump(to_jsonable(config), sort_keys=False))
 
 
 def diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:

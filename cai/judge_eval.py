@@ -21,7 +21,6 @@ pair or comparison question, is judged again) and the report is written to DIR/r
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import time
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from cai import models
+from cai.atomic import write_json_atomic
 from cai.config import EngineConfig, to_jsonable
 from cai.constitution import DEFAULT_PATH, load_constitution
 from cai.data import Reject
@@ -273,7 +273,5 @@ def run_judge_eval(cfg: JudgeEvalConfig, engine: Engine | None = None, force: bo
                 "seconds": time.perf_counter() - t0, "judge_prompt_tokens": n_tokens},
     }
     if cfg.out is not None:
-        tmp = Path(cfg.out) / (REPORT_FILE + ".tmp")
-        tmp.write_text(json.dumps(report, indent=2) + "\n")
-        tmp.replace(Path(cfg.out) / REPORT_FILE)
+        write_json_atomic(Path(cfg.out) / REPORT_FILE, report)
     return report

@@ -25,7 +25,6 @@ docs/label.md lists every column.
 from __future__ import annotations
 
 import itertools
-import json
 import math
 import time
 from collections import Counter
@@ -36,6 +35,7 @@ from typing import Any, Literal
 
 import cai
 from cai import models, provenance
+from cai.atomic import write_json_atomic
 from cai.clean import FLAGS
 from cai.config import EngineConfig, to_jsonable
 from cai.constitution import DEFAULT_PATH, Constitution, load_constitution
@@ -609,9 +609,7 @@ def _finish(cfg: LabelConfig, c: Constitution, out: Path, groups: list[Group], p
         principles=dict(Counter(pid for v in verdicts for pid in v.principles).most_common()),
         **run, out=out,
     )
-    tmp = out / (SUMMARY_FILE + ".tmp")
-    tmp.write_text(json.dumps(summary.to_dict(), indent=2) + "\n")
-    tmp.replace(out / SUMMARY_FILE)
+    write_json_atomic(out / SUMMARY_FILE, summary.to_dict())
     return summary
 
 

@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 import yaml
 
 from cai import config as cfg
+from cai.atomic import atomic_open, write_json_atomic
 from cai.errors import InputError, Location, ResumeError, write_error
 
 
@@ -269,21 +270,11 @@ def _die_mid_write(f, text: str) -> None:
 
 def write_jsonl_atomic(path: Path, records: Iterable[dict[str, Any]]) -> int:
     """Write a whole JSONL file through a temporary file and a rename (exports, reports)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     n = 0
-    try:
-        with tmp.open("w", encoding="utf-8") as f:
-            for r in records:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
-                n += 1
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)  # the old file, if any, is untouched
-        raise write_error(path, e) from e
+    with atomic_open(path) as f:
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+            n += 1
     return n
 
 
@@ -324,13 +315,7 @@ def open_run_dir(out: Path, config: Any, force: bool = False, *, inputs: dict[st
             )
     cfg.save(config, path)
     if inputs is not None:
-        tmp = out / (INPUTS_FILE + ".tmp")
-        try:
-            tmp.write_text(json.dumps(cfg.to_jsonable(inputs), indent=2, sort_keys=True) + "\n")
-            tmp.replace(out / INPUTS_FILE)
-        except OSError as e:
-            tmp.unlink(missing_ok=True)
-            raise write_error(out / INPUTS_FILE, e) from None
+        write_json_atomic(out / INPUTS_FILE, cfg.to_jsonable(inputs), sort_keys=True)
     return out
 
 

@@ -29,7 +29,6 @@ docs/revise.md describes every field.
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from cai import config, models, provenance
+from cai.atomic import write_json_atomic
 from cai.clean import CLEAN_VERSION, clean
 from cai.config import EngineConfig
 from cai.constitution import DEFAULT_PATH, Constitution, Principle, load_constitution
@@ -230,8 +230,8 @@ def _run(cfg: ReviseConfig, engine: Engine | None, inputs: list[PromptRecord], r
         completion_tokens=sum(s.completion_tokens for s in steps.values()),
         seconds=seconds, export=exported, out=out,
     )
-    _write_json_atomic(out / SUMMARY_FILE, {**config.to_jsonable(summary),
-                                            "tokens_per_s": round(summary.tokens_per_s, 1)})
+    write_json_atomic(out / SUMMARY_FILE, {**config.to_jsonable(summary),
+                                           "tokens_per_s": round(summary.tokens_per_s, 1)}, ensure_ascii=False)
     return summary
 
 
@@ -490,9 +490,3 @@ def _quiet():
     from rich.console import Console
 
     return Console(quiet=True)
-
-
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
-    tmp.replace(path)

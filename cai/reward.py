@@ -31,6 +31,7 @@ from typing import Any
 import torch
 
 from cai import models, records
+from cai.atomic import write_json_atomic
 from cai.checkpoint import finished_run, mark_finished, seed_everything, training_inputs
 from cai.conversation import as_messages, parse_dialogue
 from cai.engine import tokens
@@ -162,9 +163,7 @@ class RewardModel:
         self.info = {"format": "cai-reward/1", "gain": self.gain, "bias": self.bias,
                      "max_length": self.max_length, "score_token": "last non-padding token",
                      **extra}
-        tmp = folder / (NORM_FILE + ".tmp")
-        tmp.write_text(json.dumps(self.info, indent=1))
-        tmp.replace(folder / NORM_FILE)
+        write_json_atomic(folder / NORM_FILE, self.info, indent=1, newline=False)
 
     def encode(self, prompt: list[Message] | str, response: str | list[Message]) -> list[int]:
         prompt = parse_dialogue(prompt) if isinstance(prompt, str) else prompt
@@ -324,7 +323,7 @@ def train_reward(cfg: RMConfig, *, force: bool = False, progress: bool = True,
     report = evaluate_pairs(rm, eval_pairs, cfg.score_batch_size) if eval_pairs else None
     rm.save(out, stats=norm["stats"], base=cfg.base, prefs=cfg.prefs)
     if report is not None:
-        (out / "eval.json").write_text(json.dumps(report, indent=1))
+        write_json_atomic(out / "eval.json", report, indent=1, newline=False)
     summary = {
         "stage": "rm", "base": cfg.base, "prefs": cfg.prefs, "pairs": len(pairs),
         "soft_labels": sum(pr.p not in (0.0, 1.0) for pr in pairs), "truncated": truncated,

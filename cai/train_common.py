@@ -21,16 +21,16 @@ import json
 import math
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
-from cai import terminal
 from cai.checkpoint import latest_checkpoint, rng_state, save_checkpoint, set_rng_state
 from cai.errors import ConfigError, InputError, ResumeError
+from cai.progress import step_progress
 
 # ---------------------------------------------------------------------------------------------
 # Config
@@ -240,34 +240,6 @@ def _step_of(line: str) -> int:
         return 10**12  # a torn line: drop it
 
 
-@contextlib.contextmanager
-def progress_bar(total: int, start: int, description: str, enabled: bool) -> Iterator[Callable[..., None]]:
-    """A rich progress bar over optimizer steps showing samples/s and loss. Yields
-    update(step, samples_per_s, loss)."""
-    if not enabled:
-        yield lambda *a, **k: None
-        return
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("{task.fields[speed]:>7.2f} samples/s  loss {task.fields[loss]:.4f}"),
-               TimeElapsedColumn(), TimeRemainingColumn()]
-    with Progress(*columns, console=terminal.err, redirect_stdout=False, redirect_stderr=False) as bar:
-        task = bar.add_task(description, total=total, completed=start, speed=0.0, loss=float("nan"))
-
-        def update(step: int, samples_per_s: float, loss: float) -> None:
-            bar.update(task, completed=step, speed=samples_per_s, loss=loss)
-
-        yield update
-
-
 # ---------------------------------------------------------------------------------------------
 # The loop
 # ---------------------------------------------------------------------------------------------
@@ -398,7 +370,7 @@ def fit(model: torch.nn.Module, examples: Sequence[Any], task: Task, cfg: TrainC
 
     window_t, window_samples = time.perf_counter(), 0
     try:
-        with progress_bar(total, start, description, progress) as update:
+        with step_progress(total, start, description, progress) as update:
             while step < total:
                 idx = batch_indices(n, cfg.seed, step * cfg.batch_size, cfg.batch_size)
                 micro = [task.collate([examples[i] for i in idx[j:j + cfg.local_batch_size]])

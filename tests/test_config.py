@@ -45,3 +45,25 @@ def test_saved_config_loads_back(tmp_path):
     cfg = config.load(GenerateConfig, None, {"prompts": "p", "out": "o", "seed": 3})
     config.save(cfg, tmp_path / "c.yaml")
     assert config.load(GenerateConfig, tmp_path / "c.yaml") == cfg
+
+
+def test_a_partial_section_fills_in_from_the_stages_default_for_it(tmp_path):
+    # PPO's rollout engine defaults to the hf backend; `rollout_engine: {dtype: ...}` in a file (or
+    # one --rollout-* flag) must keep that, not fall back to EngineConfig's vllm.
+    from cai.ppo import PPOConfig
+
+    y = tmp_path / "ppo.yaml"
+    y.write_text("prompts: p\nout: o\nreward_model: rm\nrollout_engine:\n  dtype: float32\n")
+    cfg = config.load(PPOConfig, y, {"rollout_engine": {"max_model_len": 1024}})
+    assert (cfg.rollout_engine.backend, cfg.rollout_engine.dtype, cfg.rollout_engine.max_model_len) == \
+        ("hf", "float32", 1024)
+    cfg = config.load(PPOConfig, None, {"prompts": "p", "out": "o", "reward_model": "rm",
+                                        "rollout_engine": {"backend": "vllm"}})
+    assert cfg.rollout_engine.backend == "vllm" and cfg.rollout_engine.dtype == "auto"
+
+
+def test_field_docs_are_the_docstrings_under_the_fields():
+    docs = config.field_docs(GenerateConfig)
+    assert docs["max_tokens"] == "New tokens per response."
+    assert docs["engine"] == "Model and backend."
+    assert config.field_docs(config.EngineConfig)["enforce_eager"].startswith("Skip vLLM's graph compilation: ready")

@@ -275,6 +275,18 @@ def test_cli_rm_train_eval_score(synthetic_rm, tiny, tmp_path):
     assert {"reward_chosen", "reward_rejected"} <= first.keys()
 
 
+def test_run_rm_eval_returns_the_report_and_writes_it(synthetic_rm, tmp_path):
+    # `cai rm eval`'s work is a library function (the CLI only prints): loads the model, reads the
+    # pairs, and writes the report it returns.
+    from cai.reward_eval import RMEvalConfig, run_rm_eval
+
+    cfg, _ = synthetic_rm
+    out = tmp_path / "reports" / "report.json"
+    report = run_rm_eval(RMEvalConfig(model=cfg.out, pairs=cfg.eval_prefs, out=str(out), device="cpu"))
+    assert (report["model"], report["pairs"], report["n"]) == (cfg.out, cfg.eval_prefs, 100)
+    assert out.read_text() == json.dumps(report, indent=1)
+
+
 # --- the report -------------------------------------------------------------------------------
 
 

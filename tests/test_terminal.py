@@ -182,3 +182,26 @@ def test_a_log_on_a_full_disk_does_not_stop_the_stage(tmp_path):
     r = subprocess.run([sys.executable, "-c", code, str(run)], capture_output=True, text=True, timeout=120,
                        env={**os.environ, "PYTHONPATH": str(REPO)})
     assert r.returncode == 0 and "STAGE-DONE" in r.stderr, r.stderr
+
+
+def test_training_bars_come_from_the_one_progress_factory(monkeypatch):
+    # Every bar of cai is made by cai.progress.make_progress (one look, output on cai's stderr
+    # console); the training bar shows samples/s and the loss in place of the token rates.
+    import io
+
+    from rich.console import Console
+
+    from cai import progress
+
+    made = []
+    real = progress.make_progress
+    monkeypatch.setattr(progress, "make_progress", lambda *a, **k: made.append(k) or real(*a, **k))
+    console = Console(file=io.StringIO(), width=120, force_terminal=False)
+    monkeypatch.setattr(terminal, "err", console)
+    with progress.step_progress(10, 2, "cai sft", enabled=True) as update:
+        update(5, 12.5, 0.25)
+    assert len(made) == 1
+    assert "cai sft" in console.file.getvalue() and "12.50 samples/s  loss 0.2500" in console.file.getvalue()
+    with progress.step_progress(10, 0, "off", enabled=False) as update:
+        update(1, 1.0, 1.0)
+    assert len(made) == 1  # disabled: no bar at all

@@ -1,51 +1,26 @@
 """The `cai` command line: a thin typer layer over the stage functions.
 
-Each command group lives in its own module and registers itself on `app`. Only this layer turns
-cai's typed errors into text and exit codes.
+Each command group lives in its own module and registers itself on `app` (cai.cli.root), most
+through `cai.cli.common.config_command`, which makes a flag of each config field. Only this layer
+turns cai's typed errors into text and exit codes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import sys
 import traceback
-from typing import Annotated
-
-import typer
 
 from cai import terminal
+from cai.cli.root import app
 from cai.errors import CaiError
 
-app = typer.Typer(
-    name="cai",
-    help="Constitutional AI: principles -> self-revision -> AI feedback -> reward model -> PPO.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
 err_console = terminal.err
 
-
-@app.callback()
-def _options(
-    verbose: Annotated[bool, typer.Option("--verbose", help="Show vLLM's, torch's and transformers' log lines "
-                                          "and warnings (by default they go to cai.log in the run folder). "
-                                          "Accepted anywhere on the command line.")] = False,
-) -> None:
-    terminal.set_verbose(verbose)
-    terminal.route_warnings()
-
-# Importing a module registers its commands on `app`.
-from cai.cli import generate as _generate  # noqa: E402,F401
-from cai.cli import models as _models  # noqa: E402,F401
-
-for _name in ("principles", "revise", "label", "judge", "train", "ppo"):
-    # Command groups still being built are added as their modules land.
-    try:
-        __import__(f"cai.cli.{_name}")
-    except ModuleNotFoundError as _e:
-        if _e.name != f"cai.cli.{_name}":
-            raise
+# Importing a module registers its commands on `app`, in this order (the order of `cai --help`).
+for _name in ("generate", "models", "principles", "revise", "label", "judge", "train", "ppo"):
+    importlib.import_module(f"cai.cli.{_name}")
 
 
 def _hoist_verbose(argv: list[str]) -> tuple[list[str], bool]:

@@ -4,68 +4,36 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import typer
 from rich.table import Table
 
-from cai import config, terminal
-from cai.cli import app
+from cai import terminal
 from cai.cli.common import (
-    BackendOpt,
-    BaseUrlOpt,
-    ConfigOpt,
-    ConstitutionOpt,
-    DtypeOpt,
-    EagerOpt,
-    ForceOpt,
-    MaxLenOpt,
-    SeedOpt,
-    ServedOpt,
-    TrustOpt,
+    CONSTITUTION,
+    FORCE,
+    SEED,
+    Flag,
+    config_command,
     console,
-    engine_overrides,
+    engine_flags,
+    judging_flags,
     say_constitution,
 )
-from cai.cli.label import ClampOpt, CotOpt, CotTokOpt, JudgeOpt, KOpt, judging_overrides
+from cai.cli.label import JUDGE
+from cai.cli.root import app
 from cai.judge_eval import JudgeEvalConfig, run_judge_eval
 
 judge_app = typer.Typer(help="The AI judge: measure it against human labels.", no_args_is_help=True)
 app.add_typer(judge_app, name="judge")
 
+FLAGS = [Flag("pairs"), JUDGE, CONSTITUTION, Flag("out"), Flag("limit"), *engine_flags("judge", model=False),
+         *judging_flags(), SEED]
+JSON_OUT = (bool, typer.Option(False, "--json", help="Print the JSON report instead of the table."))
 
-@judge_app.command("eval")
-def judge_eval(
-    pairs: Annotated[Path | None, typer.Option("--pairs", help="Human-labeled pairs: prompt, chosen, rejected.")]
-    = None,
-    judge: JudgeOpt = None,
-    constitution: ConstitutionOpt = None,
-    out: Annotated[Path | None, typer.Option("--out", help="Folder for report.json and judgments.jsonl "
-                                             "(resumable).")] = None,
-    limit: Annotated[int | None, typer.Option("--limit", help="Judge only the first N pairs.")] = None,
-    cfg_file: ConfigOpt = None,
-    backend: BackendOpt = None,
-    dtype: DtypeOpt = None,
-    max_model_len: MaxLenOpt = None,
-    base_url: BaseUrlOpt = None,
-    served_model_name: ServedOpt = None,
-    trust_remote_code: TrustOpt = None,
-    enforce_eager: EagerOpt = None,
-    principles_per_pair: KOpt = None,
-    cot: CotOpt = None,
-    cot_max_tokens: CotTokOpt = None,
-    cot_clamp: ClampOpt = None,
-    seed: SeedOpt = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the JSON report instead of the table.")] = False,
-    force: ForceOpt = False,
-) -> None:
-    """Agreement of the judge with human labels, position consistency, length bias, calibration."""
-    cfg = config.load(JudgeEvalConfig, cfg_file, {
-        "pairs": pairs, "constitution": constitution, "out": out, "limit": limit, "seed": seed,
-        "judge": engine_overrides(judge, backend, dtype, max_model_len, base_url, served_model_name,
-                                  trust_remote_code, enforce_eager),
-        "judging": judging_overrides(principles_per_pair, cot, cot_max_tokens, cot_clamp),
-    })
+
+def _judge_eval(cfg: JudgeEvalConfig, as_json: bool, force: bool) -> None:
     terminal.capture(cfg.out)
     report = run_judge_eval(cfg, force=force)
     say_constitution(cfg.constitution)  # (stderr: --json output stays the report alone)
@@ -76,6 +44,11 @@ def judge_eval(
     console.print(calibration_table(report))
     if cfg.out is not None:
         console.print(f"report: {Path(cfg.out) / 'report.json'}")
+
+
+config_command(judge_app, "eval", JudgeEvalConfig, _judge_eval, flags=FLAGS,
+               extra={"as_json": JSON_OUT, "force": FORCE},
+               help="Agreement of the judge with human labels, position consistency, length bias, calibration.")
 
 
 def _pct(x: float | None) -> str:

@@ -7,8 +7,8 @@ from typing import Annotated
 import typer
 
 from cai import models
-from cai.cli import app
 from cai.cli.common import console
+from cai.cli.root import app
 
 models_app = typer.Typer(help="Prepare and locate models.", no_args_is_help=True)
 app.add_typer(models_app, name="models")

@@ -11,7 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from cai import library, prompts
-from cai.cli import app
+from cai.cli.root import app
 from cai.constitution import (
     DEFAULT_PATH,
     Constitution,

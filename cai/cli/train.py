@@ -1,94 +1,25 @@
-"""`cai sft` and `cai rm train|eval|score`.
-
-Every field of a stage's config dataclass is a flag of its command (`learning_rate` ->
-`--learning-rate`), with the field's docstring as its help, so the flags, the YAML keys and the
-docs cannot drift apart. A flag left out is None and does not override the YAML file.
-"""
+"""`cai sft` and `cai rm train|eval|score`: every field of the stage's config is a flag
+(`learning_rate` -> `--learning-rate`, see cai.cli.common)."""
 
 from __future__ import annotations
 
-import ast
-import dataclasses
-import inspect
 import json
-import textwrap
-import types
-import typing
-from collections.abc import Callable
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import typer
 from rich.table import Table
 
-from cai import config, terminal
-from cai.cli import app
-from cai.reward import RewardModel, RMConfig, train_reward
-from cai.reward_eval import RMEvalConfig, RMScoreConfig, evaluate_pairs, read_eval_pairs, score_file
+from cai import terminal
+from cai.cli.common import FORCE, QUIET, config_command
+from cai.cli.root import app
+from cai.reward import RMConfig, train_reward
+from cai.reward_eval import RMEvalConfig, RMScoreConfig, run_rm_eval, run_rm_score
 from cai.sft import SFTConfig, train_sft
-from cai.train_common import resolve_device
 
 rm_app = typer.Typer(help="Reward model: train on preference pairs, evaluate, score files.",
                      no_args_is_help=True)
 app.add_typer(rm_app, name="rm")
 out_console = terminal.out
-
-
-def field_docs(cls: type) -> dict[str, str]:
-    """The docstring under each field of a dataclass (and its bases), read from the source."""
-    docs: dict[str, str] = {}
-    for klass in reversed(cls.__mro__):
-        if not dataclasses.is_dataclass(klass):
-            continue
-        body = ast.parse(textwrap.dedent(inspect.getsource(klass))).body[0].body
-        for node, nxt in zip(body, body[1:], strict=False):
-            if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and \
-                    isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
-                docs[node.target.id] = " ".join(str(nxt.value.value).split())
-    return docs
-
-
-def _flag_type(tp: Any) -> tuple[Any, str]:
-    """The type typer parses a field as, and a hint for the help text."""
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        tp = next(a for a in typing.get_args(tp) if a is not type(None))
-    if typing.get_origin(tp) is Literal:
-        return str, "one of: " + ", ".join(map(str, typing.get_args(tp)))
-    return tp, ""
-
-
-def config_command(group: typer.Typer, name: str, cls: type, run: Callable[..., None], help: str,
-                   extra: dict[str, tuple[Any, Any]] | None = None) -> None:
-    """Register `name` on `group` with a flag per field of `cls`, plus --config and `extra`
-    ({param: (annotation, typer.Option)}). `run(cfg, **extra_values)` does the work."""
-    hints, docs = typing.get_type_hints(cls), field_docs(cls)
-    params = [inspect.Parameter("config_file", inspect.Parameter.KEYWORD_ONLY, annotation=Path | None,
-                                default=typer.Option(None, "--config", help="YAML config file; flags override it."))]
-    own = set(cls.__dict__.get("__annotations__", {}))  # the stage's own fields first, then shared ones
-    for f in sorted(dataclasses.fields(cls), key=lambda f: f.name not in own):
-        tp, hint = _flag_type(hints[f.name])
-        flag = "--" + f.name.replace("_", "-")
-        decl = f"{flag}/--no-{flag[2:]}" if tp is bool else flag
-        default = "" if f.default in ("", None) else f" [default: {f.default}]"
-        text = " ".join(x for x in (docs.get(f.name, ""), hint) if x) + default
-        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, annotation=tp | None,
-                                        default=typer.Option(None, decl, help=text, show_default=False)))
-    for pname, (ann, opt) in (extra or {}).items():
-        params.append(inspect.Parameter(pname, inspect.Parameter.KEYWORD_ONLY, annotation=ann, default=opt))
-
-    def command(**kwargs: Any) -> None:
-        extras = {k: kwargs.pop(k) for k in (extra or {})}
-        cfg = config.load(cls, kwargs.pop("config_file"), kwargs)
-        run(cfg, **extras)
-
-    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
-    command.__annotations__ = {p.name: p.annotation for p in params}
-    command.__doc__ = help
-    group.command(name, help=help)(command)
-
-
-FORCE = (bool, typer.Option(False, "--force", help="Resume into a folder made with a different config."))
-QUIET = (bool, typer.Option(False, "--quiet", help="No progress bar."))
 JSON_OUT = (bool, typer.Option(False, "--json", help="Print the JSON report instead of the tables."))
 
 
@@ -142,21 +73,9 @@ def print_report(report: dict[str, Any], title: str) -> None:
     out_console.print(lengths)
 
 
-def _load_rm(cfg: RMEvalConfig | RMScoreConfig) -> RewardModel:
-    import torch
-
-    dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float32
-    return RewardModel.load(cfg.model, device=str(resolve_device(cfg.device)), dtype=dtype)
-
-
 def _run_rm_eval(cfg: RMEvalConfig, as_json: bool) -> None:
     terminal.capture(None)  # no run folder: library chatter to stderr, stdout stays clean
-    pairs = read_eval_pairs(cfg.pairs, cfg.split)
-    report = evaluate_pairs(_load_rm(cfg), pairs, cfg.batch_size, cfg.calibration_bins)
-    report = {"model": cfg.model, "pairs": cfg.pairs, **report}
-    if cfg.out:
-        Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(cfg.out).write_text(json.dumps(report, indent=1))
+    report = run_rm_eval(cfg)
     if as_json:
         out_console.print_json(json.dumps(report))
     else:
@@ -167,7 +86,7 @@ def _run_rm_eval(cfg: RMEvalConfig, as_json: bool) -> None:
 
 def _run_rm_score(cfg: RMScoreConfig) -> None:
     terminal.capture(None)
-    n = score_file(_load_rm(cfg), cfg.input, cfg.out, cfg.batch_size, cfg.raw)
+    n = run_rm_score(cfg)
     out_console.print(f"[bold green]done[/] {n} rows scored -> {cfg.out}")
 
 
