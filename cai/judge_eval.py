@@ -46,7 +46,7 @@ from cai.judge import (
     judgment_key,
     resolve_judge_engine,
 )
-from cai.label import Group, form_pairs, read_response_groups
+from cai.label_inputs import Group, form_pairs, read_response_groups
 from cai.progress import make_progress
 from cai.records import JsonlStore, locked_run, open_run_dir
 from cai.schema import EvalJudgment, read_records

@@ -119,7 +119,7 @@ def main() -> None:
     from cai.constitution import load_constitution
     from cai.engine.vllm import VLLMEngine
     from cai.judge import resolve_judge_engine
-    from cai.label import form_pairs, read_response_groups
+    from cai.label_inputs import form_pairs, read_response_groups
 
     work = Path(tempfile.mkdtemp(prefix="bench-label-"))
     try:

@@ -59,7 +59,7 @@ ATTACKS = {
 
 
 def load_pairs(path: Path, n: int, max_chars: int):
-    from cai.label import form_pairs, read_response_groups
+    from cai.label_inputs import form_pairs, read_response_groups
 
     groups, _ = read_response_groups(path)
     pairs = [p for p, _, _, _ in form_pairs(groups)[0]]

@@ -11,7 +11,8 @@ from conftest import DATA
 from cai.config import EngineConfig
 from cai.constitution import load_constitution
 from cai.judge import JudgeOptions, judge_pairs
-from cai.label import LabelConfig, form_pairs, read_response_groups, run_label
+from cai.label import LabelConfig, run_label
+from cai.label_inputs import form_pairs, read_response_groups
 from cai.records import read_jsonl
 
 REPO = Path(__file__).resolve().parent.parent

@@ -19,7 +19,8 @@ from cai.engine.fake import FakeEngine
 from cai.errors import ConfigError, ResumeError
 from cai.export import split_of
 from cai.judge import JudgeOptions
-from cai.label import LabelConfig, detect_kind, run_label
+from cai.label import LabelConfig, run_label
+from cai.label_inputs import detect_kind
 from cai.records import TornTailWarning, read_jsonl
 from cai.schema import ConstitutionStamp, Provenance, ReviseRecord, Round, Step, chain_flags
 
