@@ -308,7 +308,9 @@ def judge_pairs(engine: Engine, c: Constitution, pairs: Sequence[ResponsePair], 
 def judge_prompts(c: Constitution) -> str:
     """Hash of what of the constitution every judge prompt shows: the judge template, the answer
     template and the few-shot comparisons (the principles enter per pair, by `judge_hash`)."""
-    return provenance.key(c.templates.judge, c.templates.judge_answer, config.to_jsonable(c.comparison_examples))
+    # The canonical form leaves out where each example was written (`source`, a file path), so
+    # moving or copying the constitution file does not make every judgment stale.
+    return provenance.key(c.templates.judge, c.templates.judge_answer, c.to_dict()["comparison_examples"])
 
 
 def judgment_key(pair: ResponsePair, principles: list[Principle] | tuple[Principle, ...], judge: dict[str, Any],

@@ -62,6 +62,11 @@ class PreferencePair:
     id: str | None = None
     where: Location | None = None
 
+    def content(self) -> tuple:
+        """What a model trains on: everything but where the row was read (a file path), so a
+        data folder that moved is not taken for one whose data changed."""
+        return (self.id, self.prompt, self.chosen, self.rejected, self.p, self.margin)
+
 
 def _number(value: Any, column: str, default: float, where: Location | None) -> float:
     if value is None:

@@ -294,7 +294,8 @@ def train_reward(cfg: RMConfig, *, force: bool = False, progress: bool = True,
                           fix="set margin_scale: 0, or add a `margin` column")
     held = read_pairs(cfg.eval_prefs, "train") if cfg.eval_prefs else read_pairs(cfg.prefs, "test")
     eval_pairs = held or []
-    inputs = training_inputs({"base": path}, {"train": pairs, "eval": eval_pairs})
+    inputs = training_inputs({"base": path}, {"train": [p.content() for p in pairs],
+                                              "eval": [p.content() for p in eval_pairs]})
     if (done := finished_run(Path(cfg.out), cfg, inputs)) is not None:
         return done
     out = records.open_run_dir(Path(cfg.out), cfg, force, inputs=inputs)

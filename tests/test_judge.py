@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
@@ -319,3 +320,24 @@ def test_real_cot_judge_is_clamped(vllm_engine, constitution):
                 "Raw flour and eggs can carry bacteria; bake it first.", "Sure, eat as much as you like.")
     (j,) = judge_pairs(vllm_engine, constitution, [pair], JudgeOptions(cot=True, cot_max_tokens=24), seed=0)
     assert 0.4 <= j.p <= 0.6 and all(r for pair_r in j.rationales for r in pair_r)
+
+
+def test_judge_prompt_key_does_not_depend_on_where_the_constitution_file_lies(constitution, tmp_path):
+    """The packaged `default` constitution lies inside the installed package, whose path changes
+    with every virtual environment: a key that held the path made every judgment stale after a
+    reinstall. Same content elsewhere, same key; other content, another key."""
+    import shutil
+
+    from cai.judge import judge_prompts
+
+    src = Path(__file__).resolve().parent.parent / REPO_CONSTITUTION
+    copy = tmp_path / "elsewhere" / "principles.yaml"
+    copy.parent.mkdir()
+    shutil.copy(src, copy)
+    moved = load_constitution(copy)
+    assert moved.comparison_examples[0].source != constitution.comparison_examples[0].source
+    assert judge_prompts(moved) == judge_prompts(constitution)
+    edited = src.read_text().replace(constitution.comparison_examples[0].response_a.strip().splitlines()[0],
+                                     "An edited example answer.", 1)
+    copy.write_text(edited)
+    assert judge_prompts(load_constitution(copy)) != judge_prompts(constitution)

@@ -370,3 +370,28 @@ def test_training_refuses_to_resume_or_reuse_a_run_after_its_data_changed_in_pla
         train_reward(cfg, progress=False)
     # --force accepts the new data, as it accepts a new config.
     assert train_reward(cfg, force=True, progress=False)["steps"] == 1
+
+
+def test_training_data_hash_is_the_rows_content_not_where_they_were_read(tiny, tmp_path):
+    """A data folder that moved is not data that changed: the hash in inputs.json leaves out
+    each pair's file and line, and still sees every field a model trains on."""
+    from cai.checkpoint import training_inputs
+    from cai.preferences import PreferencePair
+
+    hashes = []
+    for name in ("here", "moved"):
+        (tmp_path / name).mkdir()
+        data = write_jsonl(tmp_path / name / "prefs.jsonl", synthetic_pairs(8, seed=3))
+        cfg = RMConfig(out=str(tmp_path / name / "rm"), prefs=str(data), base=tiny, batch_size=4, max_steps=1,
+                       max_length=32, device="cpu", norm_max_responses=4)
+        train_reward(cfg, progress=False)
+        hashes.append(json.loads((Path(cfg.out) / "inputs.json").read_text())["data_hashes"])
+    assert hashes[0] == hashes[1]
+
+    base = PreferencePair([{"role": "user", "content": "q"}], [{"role": "assistant", "content": "a"}],
+                          [{"role": "assistant", "content": "b"}], p=0.8, id="x")
+    def h(pair):
+        return training_inputs({}, {"train": [pair.content()]})["data_hashes"]["train"]
+
+    for change in ({"p": 0.7}, {"margin": 1.0}, {"id": "y"}, {"chosen": [{"role": "assistant", "content": "c"}]}):
+        assert h(PreferencePair(**{**base.__dict__, **change})) != h(base), change
