@@ -23,10 +23,12 @@ The revise stage stores the flags with each step; the exports skip flagged texts
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 from cai.engine.base import FINISHED
+from cai.errors import ConfigError
 
 Step = Literal["response", "critique", "revision"]
 FLAGS = ("empty", "degenerate", "truncated", "wrong_role", "fewshot_copy", "unfinished")
@@ -34,6 +36,15 @@ FLAGS = ("empty", "degenerate", "truncated", "wrong_role", "fewshot_copy", "unfi
 CLEAN_VERSION = 2
 """Bumped whenever `clean` changes what it keeps or flags: it is part of the keys of the records
 made from cleaned texts, so a resume makes them again with the new cleaning (docs/architecture.md)."""
+
+
+def check_skip_flags(skip_flags: Sequence[str], field: str, empty_means: str) -> None:
+    """Raise ConfigError when a config's `skip_flags` (YAML key `field`) names no flag in FLAGS;
+    `empty_means` ends the fix: what `[]` does in that stage ("export everything")."""
+    unknown = [f for f in skip_flags if f not in FLAGS]
+    if unknown:
+        raise ConfigError(f"{field}: unknown flag(s) {', '.join(map(repr, unknown))}",
+                          fix=f"use some of: {', '.join(FLAGS)} (or [] to {empty_means})")
 
 # Labels a model writes in front of its answer. Checked case-insensitively at the start of the
 # text, optionally in markdown bold ("**Revision:**"), repeatedly ("Assistant: Revision: ...").

@@ -20,14 +20,16 @@ import csv
 import hashlib
 import io
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from cai.conversation import parse_messages
 from cai.errors import InputError, Location
 from cai.records import read_jsonl
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -142,6 +144,25 @@ def _iter_hf(path: Path, split: str | None) -> Iterator[tuple[str, dict[str, Any
         yield f"{path}:row {i}", row
 
 
+def row_prompt(row: dict[str, Any], source: str, prompt_column: str, id_column: str,
+               parse: Callable[[Any], T | str]) -> tuple[str | None, T | Reject]:
+    """A row's id (None when absent or empty) and its prompt: the value of `prompt_column` (for the
+    default column, else of `messages` / `conversation`) read by `parse`, which returns the reason
+    as a string when it cannot. A row without a prompt or with a bad one gives a Reject instead."""
+    rid = row.get(id_column)
+    rid = None if rid in (None, "") else str(rid)
+    value = row.get(prompt_column)
+    if value is None and prompt_column == "prompt":
+        value = row.get("messages", row.get("conversation"))
+    if value is None:
+        return rid, Reject(rid, source, f"no {prompt_column!r} column",
+                           f"add a {prompt_column!r} field or pass --prompt-column")
+    parsed = parse(value)
+    if isinstance(parsed, str):
+        return rid, Reject(rid, source, f"{prompt_column!r}: {parsed}", "fix the row's prompt")
+    return rid, parsed
+
+
 def read_prompts(path: Path, prompt_column: str = "prompt", id_column: str = "id",
                  split: str | None = None) -> tuple[list[PromptRecord], list[Reject]]:
     """Read prompts. Returns the good records and the rejects (never silently dropped).
@@ -161,18 +182,9 @@ def read_prompts(path: Path, prompt_column: str = "prompt", id_column: str = "id
                                   "each row must be a JSON object"))
             continue
         columns_seen.update(row)
-        value = row.get(prompt_column)
-        if value is None and prompt_column == "prompt":
-            value = row.get("messages", row.get("conversation"))
-        rid = row.get(id_column)
-        rid = None if rid in (None, "") else str(rid)
-        if value is None:
-            rejects.append(Reject(rid, source, f"no {prompt_column!r} column",
-                                  f"add a {prompt_column!r} field or pass --prompt-column"))
-            continue
-        msgs = parse_messages(value)
-        if isinstance(msgs, str):
-            rejects.append(Reject(rid, source, f"{prompt_column!r}: {msgs}", "fix the row's prompt"))
+        rid, msgs = row_prompt(row, source, prompt_column, id_column, parse_messages)
+        if isinstance(msgs, Reject):
+            rejects.append(msgs)
             continue
         if any(not c.strip() for r, c in msgs if r == "user"):
             rejects.append(Reject(rid, source, "empty prompt", "give the row a non-empty prompt or delete it"))

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cai.clean import FLAGS
+from cai.clean import FLAGS, check_skip_flags
 from cai.errors import ConfigError
 from cai.records import write_jsonl_atomic
 from cai.schema import ReviseRecord, RevisionPreference, SftRow, Step, assistant
@@ -59,10 +59,7 @@ class ExportConfig:
         if not 0 <= self.test_fraction < 1:
             raise ConfigError(f"export.test_fraction must be in [0, 1), got {self.test_fraction}",
                               fix="use e.g. 0.1 for 10% test, or 0 for no test split")
-        unknown = [f for f in self.skip_flags if f not in FLAGS]
-        if unknown:
-            raise ConfigError(f"export.skip_flags: unknown flag(s) {', '.join(map(repr, unknown))}",
-                              fix=f"use some of: {', '.join(FLAGS)} (or [] to export everything)")
+        check_skip_flags(self.skip_flags, "export.skip_flags", "export everything")
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from typing import Any, Literal
 import cai
 from cai import models, provenance
 from cai.atomic import write_json_atomic
-from cai.clean import FLAGS
+from cai.clean import FLAGS, check_skip_flags
 from cai.config import EngineConfig, to_jsonable
 from cai.constitution import DEFAULT_PATH, Constitution, load_constitution
 from cai.data import Reject, read_prompts, reject_too_long
@@ -156,10 +156,7 @@ class LabelConfig:
             raise ConfigError(f"test_fraction must be in [0, 1), got {self.test_fraction}")
         if self.chunk_size < 1 or self.policy_max_tokens < 1:
             raise ConfigError("chunk_size and policy_max_tokens must be >= 1")
-        unknown = [f for f in self.skip_flags if f not in FLAGS]
-        if unknown:
-            raise ConfigError(f"skip_flags: unknown flag(s) {', '.join(map(repr, unknown))}",
-                              fix=f"use some of: {', '.join(FLAGS)} (or [] to judge everything)")
+        check_skip_flags(self.skip_flags, "skip_flags", "judge everything")
 
 
 @dataclass(frozen=True)

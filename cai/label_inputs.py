@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Literal
 
 from cai.conversation import prompt_conversation, response_text
-from cai.data import Reject, content_id, iter_rows
+from cai.data import Reject, content_id, iter_rows, row_prompt
 from cai.engine import Conversation
 from cai.engine.base import FINISHED
 from cai.errors import InputError, Location
@@ -72,18 +72,9 @@ def read_response_groups(path: Path, prompt_column: str = "prompt", id_column: s
         if not isinstance(row, dict):
             rejects.append(Reject(None, source, "row is not an object", "each row must be a JSON object"))
             continue
-        rid = row.get(id_column)
-        rid = None if rid in (None, "") else str(rid)
-        value = row.get(prompt_column)
-        if value is None and prompt_column == "prompt":
-            value = row.get("messages", row.get("conversation"))
-        if value is None:
-            rejects.append(Reject(rid, source, f"no {prompt_column!r} column",
-                                  f"add a {prompt_column!r} field or pass --prompt-column"))
-            continue
-        conv = prompt_conversation(value)
-        if isinstance(conv, str):
-            rejects.append(Reject(rid, source, f"{prompt_column!r}: {conv}", "fix the row's prompt"))
+        rid, conv = row_prompt(row, source, prompt_column, id_column, prompt_conversation)
+        if isinstance(conv, Reject):
+            rejects.append(conv)
             continue
         cols = next((c for c in RESPONSE_COLUMNS if all(k in row for k in c)), None)
         if cols is None:

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from cai.clean import FLAGS, clean, is_degenerate
+from cai.errors import ConfigError
+from cai.export import ExportConfig
+from cai.label import LabelConfig
 
 PROSE = ("Pull weeds by hand after rain, when the roots come out easily. Cover the beds with mulch so "
          "that light cannot reach new seedlings, and pour boiling water on weeds that grow between "
@@ -86,3 +91,15 @@ def test_a_copy_of_a_fewshot_answer_is_flagged():
                  fewshot=fewshot).flags == ("fewshot_copy",)
     assert clean("Ok. Let me help with your question.", "revision", fewshot=fewshot).flags == ()  # too short
     assert clean("Pull weeds by hand.", "revision", fewshot=fewshot).flags == ()
+
+
+@pytest.mark.parametrize(("make", "key", "empty_means"), [
+    (lambda flags: ExportConfig(skip_flags=flags), "export.skip_flags", "export everything"),
+    (lambda flags: LabelConfig(input=Path("in"), out=Path("out"), skip_flags=flags), "skip_flags", "judge everything"),
+])
+def test_an_unknown_skip_flag_is_named_with_the_flags_there_are(make, key, empty_means):
+    make(FLAGS[:2])
+    with pytest.raises(ConfigError) as e:
+        make(("truncated", "bogus", "nope"))
+    assert e.value.message == f"{key}: unknown flag(s) 'bogus', 'nope'"
+    assert e.value.fix == f"use some of: {', '.join(FLAGS)} (or [] to {empty_means})"

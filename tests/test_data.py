@@ -9,6 +9,7 @@ import pytest
 from cai.data import content_id, read_prompts, reject_too_long
 from cai.engine.fake import FakeEngine
 from cai.errors import InputError
+from cai.label_inputs import read_response_groups
 
 
 def write(path, lines):
@@ -45,6 +46,24 @@ def test_bad_rows_become_rejects_with_reasons(tmp_path):
     assert reasons["3"] == "'prompt': the conversation must end with a user turn (the prompt to answer)"
     assert reasons["4"] == f"duplicate id (first at {f}:4)"
     assert reasons["5"] == "no 'prompt' column"
+
+
+@pytest.mark.parametrize("column", ["prompt", "question"])
+def test_prompts_and_responses_readers_reject_a_missing_or_bad_prompt_alike(tmp_path, column):
+    """Both readers read a row's prompt and id through cai.data.row_prompt: same reasons, same fixes."""
+    responses = {"responses": ["x", "y"]}
+    f = write(tmp_path / "p.jsonl", [
+        {"id": 1, column: "fine", **responses},
+        {"id": "", "text": "no prompt here", **responses},
+        {"id": "3", column: 7, **responses},
+    ])
+    got = [[(r.id, r.source, r.reason, r.fix) for r in read(f, prompt_column=column)[1]]
+           for read in (read_prompts, read_response_groups)]
+    bad = "expected a string or a non-empty list of {role, content}, got int"
+    assert got[0] == got[1] == [
+        (None, f"{f}:2", f"no {column!r} column", f"add a {column!r} field or pass --prompt-column"),
+        ("3", f"{f}:3", f"{column!r}: {bad}", "fix the row's prompt"),
+    ]
 
 
 def test_invalid_json_line_names_file_and_line(tmp_path):

@@ -143,6 +143,15 @@ def say_constitution(value: str | Path) -> None:
     console.print(f"constitution: {library.describe(value)}", markup=False, highlight=False, soft_wrap=True)
 
 
+def run_stage(cfg: Any, run: Callable[..., Any], force: bool) -> Any:
+    """`run(cfg, force=force)` for a stage that writes a run folder (`cfg.out`) under a constitution:
+    library output captured into the folder, then which principle file it used (`say_constitution`)."""
+    terminal.capture(cfg.out)
+    result = run(cfg, force=force)
+    say_constitution(cfg.constitution)
+    return result
+
+
 # --- building a flag from its field ---------------------------------------------------------------
 
 

@@ -19,7 +19,7 @@ from cai.cli.common import (
     console,
     engine_flags,
     judging_flags,
-    say_constitution,
+    run_stage,
 )
 from cai.cli.label import JUDGE
 from cai.cli.root import app
@@ -34,9 +34,7 @@ JSON_OUT = (bool, typer.Option(False, "--json", help="Print the JSON report inst
 
 
 def _judge_eval(cfg: JudgeEvalConfig, as_json: bool, force: bool) -> None:
-    terminal.capture(cfg.out)
-    report = run_judge_eval(cfg, force=force)
-    say_constitution(cfg.constitution)  # (stderr: --json output stays the report alone)
+    report = run_stage(cfg, run_judge_eval, force)  # (its constitution line on stderr: --json stays the report)
     if as_json:
         print(json.dumps(report, indent=2), file=terminal.out.file, flush=True)
         return

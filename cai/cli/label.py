@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from cai import terminal
 from cai.cli.common import (
     CONSTITUTION,
     FORCE,
@@ -12,7 +11,7 @@ from cai.cli.common import (
     console,
     engine_flags,
     judging_flags,
-    say_constitution,
+    run_stage,
 )
 from cai.cli.root import app
 from cai.label import LabelConfig, LabelSummary, run_label
@@ -31,10 +30,7 @@ FLAGS = [
 
 
 def _label(cfg: LabelConfig, force: bool) -> None:
-    terminal.capture(cfg.out)
-    summary = run_label(cfg, force=force)
-    say_constitution(cfg.constitution)
-    print_summary(summary)
+    print_summary(run_stage(cfg, run_label, force))
 
 
 config_command(app, "label", LabelConfig, _label, flags=FLAGS, extra={"force": FORCE},

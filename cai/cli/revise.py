@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from rich.table import Table
 
-from cai import terminal
-from cai.cli.common import CONSTITUTION, FORCE, SEED, Flag, config_command, console, engine_flags, say_constitution
+from cai.cli.common import CONSTITUTION, FORCE, SEED, Flag, config_command, console, engine_flags, run_stage
 from cai.cli.root import app
 from cai.revise import ReviseConfig, ReviseSummary, run_revise
 
@@ -20,10 +19,7 @@ FLAGS = [
 
 
 def _revise(cfg: ReviseConfig, force: bool) -> None:
-    terminal.capture(cfg.out)
-    summary = run_revise(cfg, force=force)
-    say_constitution(cfg.constitution)
-    print_summary(summary)
+    print_summary(run_stage(cfg, run_revise, force))
 
 
 config_command(app, "revise", ReviseConfig, _revise, flags=FLAGS, extra={"force": FORCE},
