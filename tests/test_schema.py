@@ -206,6 +206,7 @@ def test_label_on_a_malformed_revise_record_is_a_located_error(tmp_path):
     assert str(e.value).startswith(f"{folder / 'records.jsonl'}:2, record {bad['id']!r}: field "
                                    "'rounds[1].revision.text' must be a string, got int 5")
     assert "pass the output folder of `cai revise`" in str(e.value)
+    assert e.value.fix.endswith("or pass --input-kind responses")  # as before the typed records
 
 
 def test_a_hand_edited_judgment_is_a_located_error_on_resume(tmp_path):
