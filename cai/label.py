@@ -40,7 +40,7 @@ from cai.config import EngineConfig, to_jsonable
 from cai.constitution import DEFAULT_PATH, Constitution, load_constitution
 from cai.data import Reject, read_prompts, reject_too_long
 from cai.engine import Engine, Sampling, make_engine
-from cai.errors import ConfigError, InputError, Location
+from cai.errors import ConfigError, InputError, Location, RecordError
 from cai.export import DATASET_DIR, PREFS_FILE, split_rows, write_dataset
 from cai.judge import (
     JudgeOptions,
@@ -328,12 +328,16 @@ def _prompt_groups(cfg: LabelConfig, out: Path, judge_engine: Engine | None, pol
             sample_prompt_groups(cfg, store, fits, engine, policy)
         resampled = len(store.stale)
     path = out / RESPONSES_FILE
-    stored = {rec.id: rec for rec in (sample_record(d, Location(str(path), line))
-                                      for line, d in read_jsonl_numbered(path))}
+    lines = {}  # id -> line: stored samples of prompts no longer in the input are kept, unread
+    stored = {}
+    for line, d in read_jsonl_numbered(path):
+        rec = sample_record(d, Location(str(path), line))
+        stored[rec.id], lines[rec.id] = rec, line
     pairs = pair_indices(cfg.samples_per_prompt, cfg.pairing)
     groups = []
     for r in records:
         rec = stored[r.id]
+        _check_samples(rec, Location(str(path), lines[r.id], record=r.id), cfg.samples_per_prompt)
         if isinstance(rec, RejectedPrompt):
             rejects.append(Reject(r.id, r.source, rec.reason, rec.fix))
             continue
@@ -342,6 +346,17 @@ def _prompt_groups(cfg: LabelConfig, out: Path, judge_engine: Engine | None, pol
                       for i, (t, f) in enumerate(zip(rec.responses, finish, strict=True)))
         groups.append(Group(r.id, r.conversation, cands, pairs, r.source))
     return groups, rejects, resampled
+
+
+def _check_samples(rec: PromptSamples | RejectedPrompt, where: Location, k: int) -> None:
+    """Stored samples hold samples_per_prompt responses (and finish reasons), as the pairs index
+    them: a hand-edited line would otherwise fail later as an IndexError."""
+    if isinstance(rec, PromptSamples) and (len(rec.responses) != k or len(rec.completion_tokens) != k or (
+            rec.finish_reasons is not None and len(rec.finish_reasons) != k)):
+        raise RecordError(f"stored samples must hold {k} responses, finish_reasons and completion_tokens "
+                          f"(samples_per_prompt); this line has {len(rec.responses)}, "
+                          f"{len(rec.finish_reasons or ())} and {len(rec.completion_tokens)}", where,
+                          fix=PromptSamples.FIX)
 
 
 def _judge_all(cfg: LabelConfig, c: Constitution, engine: Engine, judge: dict[str, Any], pending: list,

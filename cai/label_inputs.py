@@ -13,7 +13,7 @@ from cai.conversation import prompt_conversation, response_text
 from cai.data import Reject, content_id, iter_rows, row_prompt
 from cai.engine import Conversation
 from cai.engine.base import FINISHED
-from cai.errors import InputError, Location
+from cai.errors import InputError, Location, RecordError
 from cai.judge import ResponsePair
 from cai.records import read_jsonl_numbered
 from cai.schema import ReviseRecord
@@ -108,7 +108,10 @@ def read_revise_groups(folder: Path, mode: str, skip_flags: tuple[str, ...]) -> 
     path = Path(folder) / "records.jsonl"
     groups, rejects = [], []
     for line, obj in read_jsonl_numbered(path):
-        rec = ReviseRecord.from_dict(obj, Location(str(path), line))
+        try:
+            rec = ReviseRecord.from_dict(obj, Location(str(path), line))
+        except RecordError as e:  # the folder was taken for a revise run by its records.jsonl
+            raise RecordError(e.message, e.location, fix=f"{e.fix}; or pass --input-kind responses") from None
         rid, source = rec.id, f"{path}:{line}"
         texts = [(name, step.text, step.flags) for name, step in rec.chain()]
         if not rec.rounds:

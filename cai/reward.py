@@ -37,8 +37,9 @@ from cai.conversation import as_messages, parse_dialogue
 from cai.engine import tokens
 from cai.errors import ConfigError, ModelNotFoundError
 from cai.preferences import PreferencePair, label_agreement, preference_loss, read_pairs
+from cai.reward_eval import RMEvalConfig, RMScoreConfig, evaluate_pairs, read_eval_pairs, score_file
 from cai.sft import load_tokenizer
-from cai.train_common import Task, TrainConfig, fit
+from cai.train_common import Task, TrainConfig, fit, resolve_device
 
 Message = dict[str, str]
 NORM_FILE = "cai_reward.json"
@@ -282,7 +283,6 @@ def train_reward(cfg: RMConfig, *, force: bool = False, progress: bool = True,
     """Run (or resume) a reward-model job; returns its summary (also in OUT/train_done.json)."""
     from transformers import AutoModelForSequenceClassification
 
-    from cai.reward_eval import evaluate_pairs
 
     t0 = time.time()
     path = models.resolve(cfg.base)
@@ -336,3 +336,30 @@ def train_reward(cfg: RMConfig, *, force: bool = False, progress: bool = True,
     }
     mark_finished(out, summary, cfg)
     return summary
+
+
+# --- the commands `cai rm eval` and `cai rm score` -------------------------------------------------
+# They live here, not in cai.reward_eval, because they load a RewardModel: cai.reward_eval never
+# imports this module (training evaluates through it; the reverse would be an import cycle).
+
+
+def load_reward_model(cfg: RMEvalConfig | RMScoreConfig) -> RewardModel:
+    """The reward model of `cfg`, on its device, in its precision."""
+    dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float32
+    return RewardModel.load(cfg.model, device=str(resolve_device(cfg.device)), dtype=dtype)
+
+
+def run_rm_eval(cfg: RMEvalConfig) -> dict[str, Any]:
+    """`cai rm eval`: the report of cfg.model on cfg.pairs (see cai.reward_eval), also
+    written to cfg.out when it is set."""
+    pairs = read_eval_pairs(cfg.pairs, cfg.split)
+    report = evaluate_pairs(load_reward_model(cfg), pairs, cfg.batch_size, cfg.calibration_bins)
+    report = {"model": cfg.model, "pairs": cfg.pairs, **report}
+    if cfg.out:
+        write_json_atomic(cfg.out, report, indent=1, newline=False)
+    return report
+
+
+def run_rm_score(cfg: RMScoreConfig) -> int:
+    """`cai rm score`: cfg.input scored into cfg.out; returns the number of rows written."""
+    return score_file(load_reward_model(cfg), cfg.input, cfg.out, cfg.batch_size, cfg.raw)

@@ -25,13 +25,11 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
-from cai.atomic import write_json_atomic
 from cai.conversation import as_messages
 from cai.data import SourceRow, read_rows
 from cai.errors import ConfigError, InputError, MultiError
 from cai.preferences import PreferencePair, label_agreement, pairs_from_rows, preference_loss
 from cai.records import write_jsonl_atomic
-from cai.train_common import resolve_device
 
 if TYPE_CHECKING:  # annotations only: training (cai.reward) evaluates through this module
     from cai.reward import RewardModel
@@ -270,27 +268,3 @@ def score_file(rm: RewardModel, input: str | Path, out: str | Path, batch_size: 
         raise InputError(f"{path} has no rows")
     return write_jsonl_atomic(Path(out), score_rows(rm, rows, batch_size, raw))
 
-
-# --- the commands ---------------------------------------------------------------------------------
-
-
-def load_reward_model(cfg: RMEvalConfig | RMScoreConfig) -> RewardModel:
-    """The reward model of `cfg`, on its device, in its precision."""
-    dtype = torch.bfloat16 if cfg.precision == "bf16" else torch.float32
-    return RewardModel.load(cfg.model, device=str(resolve_device(cfg.device)), dtype=dtype)
-
-
-def run_rm_eval(cfg: RMEvalConfig) -> dict[str, Any]:
-    """`cai rm eval`: the report of cfg.model on cfg.pairs (see the module docstring), also
-    written to cfg.out when it is set."""
-    pairs = read_eval_pairs(cfg.pairs, cfg.split)
-    report = evaluate_pairs(load_reward_model(cfg), pairs, cfg.batch_size, cfg.calibration_bins)
-    report = {"model": cfg.model, "pairs": cfg.pairs, **report}
-    if cfg.out:
-        write_json_atomic(cfg.out, report, indent=1, newline=False)
-    return report
-
-
-def run_rm_score(cfg: RMScoreConfig) -> int:
-    """`cai rm score`: cfg.input scored into cfg.out; returns the number of rows written."""
-    return score_file(load_reward_model(cfg), cfg.input, cfg.out, cfg.batch_size, cfg.raw)

@@ -750,3 +750,16 @@ def test_file_keys_follow_a_dataclass_and_leave_out_computed_fields():
     assert file_keys(Thing) == ("text", "request", "weight")
     assert required_keys(Thing) == ("text", "request")
     assert required_keys(Thing, ("request",)) == ("text",)
+
+
+def test_the_package_keeps_the_public_names_of_the_module_it_replaced():
+    # Every public name of cai/constitution.py before it became a package (issue 11: "its
+    # `__init__` keeps today's public names"), so `from cai.constitution import X` still works.
+    import cai.constitution as package
+
+    before = ("DEFAULT_PATH", "FEWSHOT_CHAR_BUDGET", "HASH_CHARS", "HASH_SCHEMA", "TEMPLATE_PLACEHOLDERS",
+              "ComparisonExample", "Constitution", "ConstitutionDiff", "ConstitutionError", "CritiqueExample",
+              "Principle", "Templates", "check_constitution", "diff_constitutions", "dump_constitution", "lint",
+              "load_constitution", "principle_hash")
+    assert [n for n in before if not hasattr(package, n)] == []
+    assert set(before) <= set(package.__all__)

@@ -20,11 +20,11 @@ A = {"role": "assistant", "content": "Hello"}
 
 
 def test_every_stage_reads_conversations_through_this_module():
-    from cai import data, label, reward, sft
+    from cai import data, label_inputs, reward, sft
 
     assert data.parse_messages is conversation.parse_messages
-    assert label.prompt_conversation is conversation.prompt_conversation
-    assert label.response_text is conversation.response_text
+    assert label_inputs.prompt_conversation is conversation.prompt_conversation  # cai label's inputs
+    assert label_inputs.response_text is conversation.response_text
     assert reward.as_messages is conversation.as_messages
     assert reward.parse_dialogue is conversation.parse_dialogue
     assert sft.check_messages is conversation.check_messages

@@ -136,13 +136,28 @@ def private_reaches(root: Path) -> list[str]:
                         bound[alias.asname or alias.name] = f"{imp.module}.{alias.name}"
             elif isinstance(node, ast.Import):
                 for alias in node.names:
+                    if alias.name in mods and any(_private(part) for part in alias.name.split(".")):
+                        out.append(f"{where}:{node.lineno} imports {alias.name}")
                     if alias.asname and alias.name in mods:
                         bound[alias.asname] = alias.name
+                    elif not alias.asname:  # `import pkg.a` binds pkg; pkg.a._x reads a's private
+                        bound.update({m: m for m in mods if m == alias.name or alias.name.startswith(m + ".")})
         for node in ast.walk(tree):
-            if (isinstance(node, ast.Attribute) and _private(node.attr) and isinstance(node.value, ast.Name)
-                    and bound.get(node.value.id, name) != name):
-                out.append(f"{where}:{node.lineno} reads {node.value.id}.{node.attr} of {bound[node.value.id]}")
+            if isinstance(node, ast.Attribute) and _private(node.attr):
+                owner = _dotted(node.value)
+                module = bound.get(owner, name) if owner else name
+                if module != name:
+                    out.append(f"{where}:{node.lineno} reads {owner}.{node.attr} of {module}")
     return out
+
+
+def _dotted(node: ast.expr) -> str | None:
+    """`a.b.c` for a chain of names and attributes, else None."""
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute) and (base := _dotted(node.value)) is not None:
+        return f"{base}.{node.attr}"
+    return None
 
 
 def import_graph(root: Path) -> dict[str, dict[str, int]]:
@@ -271,7 +286,7 @@ def test_the_checks_read_all_of_cai():
     mods = package_modules(CAI)
     assert {"cai", "cai.cli", "cai.engine", "cai.engine.base", "cai.constitution", "cai.reward"} <= set(mods)
     graph = import_graph(CAI)
-    assert "cai.reward_eval" in graph["cai.reward"]  # a function-local import
+    assert "cai.provenance" in graph["cai.checkpoint"]  # a function-local import
     assert "cai.engine.tokens" in graph["cai.engine.vllm"]
 
 
@@ -320,12 +335,16 @@ def test_private_reaches_finds_imports_and_reads_of_another_modules_privates(tmp
         "c.py": "def f():\n    from .a import _hidden\n    return _hidden\n",
         "d.py": "from pkg import a\nimport pkg.a as aa\n\ndef f():\n    return a._hidden + aa._hidden + a.shown\n",
         "e.py": "_own = 1\n\ndef f():\n    return _own\n",
+        "f.py": "import pkg.a\nimport pkg._priv\n\ndef f(obj):\n    return pkg.a._hidden + pkg.a.shown + obj._x\n",
+        "_priv.py": "",
     })
     assert private_reaches(root) == [
         "pkg/b.py:1 imports _hidden from pkg.a",
         "pkg/c.py:2 imports _hidden from pkg.a",
         "pkg/d.py:5 reads a._hidden of pkg.a",
         "pkg/d.py:5 reads aa._hidden of pkg.a",
+        "pkg/f.py:2 imports pkg._priv",
+        "pkg/f.py:5 reads pkg.a._hidden of pkg.a",
     ]
 
 

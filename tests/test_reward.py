@@ -278,7 +278,8 @@ def test_cli_rm_train_eval_score(synthetic_rm, tiny, tmp_path):
 def test_run_rm_eval_returns_the_report_and_writes_it(synthetic_rm, tmp_path):
     # `cai rm eval`'s work is a library function (the CLI only prints): loads the model, reads the
     # pairs, and writes the report it returns.
-    from cai.reward_eval import RMEvalConfig, run_rm_eval
+    from cai.reward import run_rm_eval
+    from cai.reward_eval import RMEvalConfig
 
     cfg, _ = synthetic_rm
     out = tmp_path / "reports" / "report.json"

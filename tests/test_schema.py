@@ -206,6 +206,7 @@ def test_label_on_a_malformed_revise_record_is_a_located_error(tmp_path):
     assert str(e.value).startswith(f"{folder / 'records.jsonl'}:2, record {bad['id']!r}: field "
                                    "'rounds[1].revision.text' must be a string, got int 5")
     assert "pass the output folder of `cai revise`" in str(e.value)
+    assert e.value.fix.endswith("or pass --input-kind responses")  # as before the typed records
 
 
 def test_a_hand_edited_judgment_is_a_located_error_on_resume(tmp_path):
@@ -220,6 +221,29 @@ def test_a_hand_edited_judgment_is_a_located_error_on_resume(tmp_path):
     with pytest.raises(RecordError, match=r"judgments.jsonl:2, record 'a/0-2': field 'agree' is missing\n  fix: "
                                           r"delete the line from judgments.jsonl"):
         run_label(cfg, judge_engine=FakeEngine(score=good_judge))
+
+
+def test_hand_edited_samples_of_the_wrong_count_are_a_located_error_on_resume(tmp_path):
+    # A stored line whose lists are shorter than samples_per_prompt (its key unchanged) failed as
+    # an IndexError when the pairs indexed it; a line of a prompt no longer in the input is not read.
+    src = tmp_path / "p.jsonl"
+    src.write_text("".join(json.dumps({"id": i, "prompt": f"question {i}"}) + "\n" for i in ("a", "b")))
+    cfg = LabelConfig(input=src, out=tmp_path / "out", constitution=PRINCIPLES)
+    policy = FakeEngine(respond=lambda p, i: "good " * (i + 1) + "answer")
+    run_label(cfg, judge_engine=FakeEngine(score=good_judge), policy_engine=policy)
+    path = tmp_path / "out" / "responses.jsonl"
+    rows = [json.loads(x) for x in lines(path)]
+    (tmp_path / "out" / "judgments.jsonl").unlink()
+    src.write_text(json.dumps({"id": "b", "prompt": "question b"}) + "\n")
+    rows[0]["responses"] = rows[0]["responses"][:1]  # prompt a: no longer an input, not read
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    assert run_label(cfg, judge_engine=FakeEngine(score=good_judge), policy_engine=policy)
+    rows[1]["finish_reasons"] = rows[1]["finish_reasons"][:1]
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    with pytest.raises(RecordError, match=r"responses.jsonl:2, record 'b': stored samples must hold 2 responses, "
+                                          r"finish_reasons and completion_tokens \(samples_per_prompt\); this line "
+                                          r"has 2, 1 and 2\n  fix: delete the line from responses.jsonl"):
+        run_label(cfg, judge_engine=FakeEngine(score=good_judge), policy_engine=policy)
 
 
 def test_the_architecture_doc_lists_every_record_with_its_keys():

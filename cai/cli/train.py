@@ -12,8 +12,8 @@ from rich.table import Table
 from cai import terminal
 from cai.cli.common import FORCE, QUIET, config_command
 from cai.cli.root import app
-from cai.reward import RMConfig, train_reward
-from cai.reward_eval import RMEvalConfig, RMScoreConfig, run_rm_eval, run_rm_score
+from cai.reward import RMConfig, run_rm_eval, run_rm_score, train_reward
+from cai.reward_eval import RMEvalConfig, RMScoreConfig
 from cai.sft import SFTConfig, train_sft
 
 rm_app = typer.Typer(help="Reward model: train on preference pairs, evaluate, score files.",

@@ -16,12 +16,15 @@ The names below are the package's public interface: `from cai.constitution impor
 
 from cai.constitution.load import DEFAULT_PATH, check_constitution, load_constitution
 from cai.constitution.model import (
+    HASH_CHARS,
+    HASH_SCHEMA,
     TEMPLATE_PLACEHOLDERS,
     ComparisonExample,
     Constitution,
     CritiqueExample,
     Principle,
     Templates,
+    principle_hash,
 )
 from cai.constitution.tools import (
     FEWSHOT_CHAR_BUDGET,
@@ -34,6 +37,8 @@ from cai.errors import ConstitutionError
 
 __all__ = [
     "ComparisonExample", "Constitution", "ConstitutionDiff", "ConstitutionError", "CritiqueExample",
-    "DEFAULT_PATH", "FEWSHOT_CHAR_BUDGET", "Principle", "TEMPLATE_PLACEHOLDERS", "Templates",
+    "DEFAULT_PATH", "FEWSHOT_CHAR_BUDGET", "HASH_CHARS", "HASH_SCHEMA", "Principle", "TEMPLATE_PLACEHOLDERS",
+    "Templates",
     "check_constitution", "diff_constitutions", "dump_constitution", "lint", "load_constitution",
+    "principle_hash",
 ]
