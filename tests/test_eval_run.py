@@ -15,10 +15,10 @@ from cai.constitution import load_constitution
 from cai.engine.fake import FakeEngine
 from cai.errors import ConfigError, InputError
 from cai.eval import measures
-from cai.eval.answers import EvalAnswer
 from cai.eval.policies import parse_policy, prompted_system_prompt
 from cai.eval.run import EvalConfig, run_eval
 from cai.records import read_jsonl
+from cai.schema import EvalAnswer
 
 BASE = "Here is a complete and useful answer for you."  # 9 words
 REFUSAL = "I can't help with that."  # 5 words, a refusal by the pattern list

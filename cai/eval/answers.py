@@ -1,4 +1,4 @@
-"""Every policy answers every suite prompt: DIR/answers.jsonl, one `EvalAnswer` per
+"""Every policy answers every suite prompt: DIR/answers.jsonl, one `cai.schema.EvalAnswer` per
 (policy, suite, prompt id), resumable like `cai generate`.
 
 Seeds: an answer's seed derives from the run seed, the suite and the prompt id, not from the
@@ -24,30 +24,9 @@ from cai.eval.policies import Policy, system_prompt, with_system
 from cai.eval.suites import Suite
 from cai.progress import make_progress
 from cai.records import JsonlStore
-from cai.schema import FLAT, Message, Provenance, Record
+from cai.schema import EvalAnswer, Provenance
 
 ANSWERS_FILE = "answers.jsonl"
-
-
-@dataclass(frozen=True)
-class EvalAnswer(Record):
-    """One policy's answer to one suite prompt, as `cai eval` writes it to answers.jsonl."""
-
-    id: str
-    """"<policy>/<suite>/<prompt id>"."""
-    policy: str
-    suite: str
-    prompt_id: str
-    prompt: tuple[Message, ...]
-    """The suite's conversation (without the recipe's system prompt)."""
-    system: str
-    """The system prompt the policy answered under ("" for none)."""
-    answer: str
-    finish_reason: str
-    prompt_tokens: int
-    completion_tokens: int
-    provenance: Provenance = field(metadata=FLAT)
-    key: str
 
 
 def answer_id(policy: str, suite: str, prompt_id: str) -> str:

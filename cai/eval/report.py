@@ -26,11 +26,11 @@ from cai.config import to_jsonable
 from cai.constitution import Constitution
 from cai.errors import InputError
 from cai.eval import measures
-from cai.eval.answers import EvalAnswer, answer_id
+from cai.eval.answers import answer_id
 from cai.eval.policies import Policy, system_prompt
 from cai.eval.refusal import PatternRefusalClassifier
 from cai.eval.suites import Suite
-from cai.schema import PairJudgment
+from cai.schema import EvalAnswer, PairJudgment
 
 ROWS_FILE = "rows.jsonl"
 FIGURE_NAMES = {"harmful": "harmless_rate", "benign-risky": "over_refusal_rate"}

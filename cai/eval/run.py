@@ -29,7 +29,7 @@ from cai.config import EngineConfig, to_jsonable
 from cai.constitution import DEFAULT_PATH, Constitution, load_constitution
 from cai.engine import Engine, Sampling, make_engine
 from cai.errors import ConfigError
-from cai.eval.answers import ANSWERS_FILE, Answering, EvalAnswer, answer_all, answer_id, answer_keys
+from cai.eval.answers import ANSWERS_FILE, Answering, answer_all, answer_id, answer_keys
 from cai.eval.policies import Policy, parse_policies
 from cai.eval.refusal import PatternRefusalClassifier
 from cai.eval.report import ROWS_FILE, Inputs, build_report
@@ -46,7 +46,7 @@ from cai.judge import (
 )
 from cai.progress import make_progress
 from cai.records import JsonlStore, locked_run, open_run_dir, write_jsonl_atomic
-from cai.schema import ConstitutionStamp, PairJudgment, read_records
+from cai.schema import ConstitutionStamp, EvalAnswer, PairJudgment, read_records
 
 JUDGMENTS_FILE = "judgments.jsonl"
 REPORT_FILE = "report.json"
