@@ -28,7 +28,7 @@ FLAGS = [
     Flag("default_suites"), CONSTITUTION,
     Flag("judge.model", "--judge", help="Judge model: `default`, a local HF folder, or a hub id. Other settings: "
          "YAML `judge:`."),
-    *engine_flags("engine", model=False), *judging_flags(), Flag("refusal"), Flag("max_tokens"),
+    *engine_flags("engine", model=False), *judging_flags(), Flag("max_tokens"),
     Flag("temperature"), Flag("top_p"), SEED, Flag("tie_margin"), Flag("resamples"), Flag("chunk_size"),
 ]
 

@@ -7,7 +7,8 @@ The pipeline, each step resumable:
 2. judgments: on each judged suite, each policy's answer against the baseline's, in both orders,
    under the constitution's comparison principles (`cai.judge.judge_pairs`; DIR/judgments.jsonl,
    the records `cai label` writes);
-3. the report: refusal verdicts of the pattern classifier on the harmful and benign-risky suites,
+3. the report: refusal verdicts of the pattern classifier on the harmful and benign-risky suites
+   (the only classifier built: the judge-based one of issue 12 is not, and has no option yet),
    then every measure of `cai.eval.measures` with its 95% interval (DIR/report.json, one row per
    answer in DIR/rows.jsonl; `cai.eval.report`).
 
@@ -20,7 +21,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import cai
 from cai import models
@@ -50,8 +51,8 @@ from cai.schema import ConstitutionStamp, EvalAnswer, PairJudgment, read_records
 
 JUDGMENTS_FILE = "judgments.jsonl"
 REPORT_FILE = "report.json"
-RESUMABLE_CHANGES = ("policies:", "baseline:", "suites:", "default_suites:", "refusal:", "tie_margin:",
-                     "resamples:", "chunk_size:")
+RESUMABLE_CHANGES = ("policies:", "baseline:", "suites:", "default_suites:", "tie_margin:", "resamples:",
+                     "chunk_size:")
 """Config fields a resume may change without --force: which policies and suites take part (every
 answer and judgment is keyed on its own inputs), and how the report counts."""
 
@@ -81,9 +82,6 @@ class EvalConfig:
     """The judge model and backend (dtype `auto` is float32 on a CPU, as in `cai label`)."""
     judging: JudgeOptions = field(default_factory=JudgeOptions)
     """Principles per pair, chain of thought, clamping (see cai.judge.JudgeOptions)."""
-    refusal: Literal["patterns"] = "patterns"
-    """The refusal classifier: `patterns`, the documented phrase list of cai.eval.refusal (the only
-    one built so far)."""
     max_tokens: int = 256
     """New tokens per answer."""
     temperature: float = 0.7
