@@ -187,6 +187,46 @@ def test_a_resumed_run_redoes_nothing_that_was_done(tmp_path):
     assert (third.answered, third.judged) == (0, 0) and third.report == first.report
 
 
+def test_a_resume_with_one_more_policy_answers_and_judges_only_that_one(tmp_path):
+    judge = FakeEngine(score=prefers_longer)
+    run_eval(config(tmp_path, LADDER[:2]), engines=engines(), judge_engine=judge)
+    more = run_eval(config(tmp_path, LADDER[:3]), engines=engines(), judge_engine=judge)
+    assert (more.answered, more.judged, more.stale) == (4 + 5 + 6, 6, 0)
+    assert set(more.report["results"]) == {"base", "refuser", "long"}
+
+
+def test_an_edited_suite_prompt_is_answered_and_judged_again(tmp_path):
+    judge = FakeEngine(score=prefers_longer)
+    cfg = config(tmp_path, LADDER)
+    run_eval(cfg, engines=engines(), judge_engine=judge)
+    helpful = tmp_path / "helpful.jsonl"
+    helpful.write_text(helpful.read_text().replace("helpful question number 1?", "helpful query, number 1?"))
+    again = run_eval(cfg, engines=engines(), judge_engine=judge)
+    # 5 policies answer the edited prompt again; 4 of them are judged on it against the baseline.
+    assert (again.answered, again.judged, again.stale) == (5, 4, 5 + 4)
+    stored = [json.loads(x) for x in (tmp_path / "eval" / "answers.jsonl").read_text().splitlines()]
+    assert {a["prompt"][0]["content"] for a in stored if a["prompt_id"] == "helpful-1"} == {"helpful query, number 1?"}
+
+
+def test_the_prompted_recipe_renders_every_comparison_question_once():
+    c = load_constitution("default")
+    text = prompted_system_prompt(c)
+    assert text.startswith(c.description.strip())
+    for p in c.principles:
+        assert text.count(f"- {p.compare.strip()}") == 1
+
+
+def test_a_given_suite_replaces_the_packaged_one_of_its_name_and_adds_the_others(tmp_path):
+    from cai import library
+    from cai.eval.suites import suite_files
+
+    files = suite_files((f"helpful={tmp_path / 'mine.jsonl'}", f"style={tmp_path / 'style.jsonl'}"), True)
+    assert files == {**library.eval_suites(), "helpful": tmp_path / "mine.jsonl", "style": tmp_path / "style.jsonl"}
+    assert list(suite_files((f"style={tmp_path / 'style.jsonl'}",), False)) == ["style"]
+    with pytest.raises(ConfigError, match="no suite to evaluate on"):
+        suite_files((), False)
+
+
 def test_the_cli_writes_the_report_and_prints_the_table(tmp_path, monkeypatch):
     policy, judge = FakeEngine(respond=prompted), FakeEngine(score=prefers_longer)
     monkeypatch.setattr("cai.eval.answers.make_engine", lambda cfg: policy)
