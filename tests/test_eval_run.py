@@ -335,5 +335,5 @@ def test_default_against_default_prompted_on_the_real_engine(tmp_path, vllm_engi
     wr = r["results"]["prompted"]["helpful"]["win_rate"]["estimate"]
     assert wr["n"] == 3 and 0 <= wr["low"] <= wr["value"] <= wr["high"] <= 1
     answers = [json.loads(line) for line in (tmp_path / "eval" / "answers.jsonl").read_text().splitlines()]
-    assert all(0 < a["completion_tokens"] <= 8 for a in answers)
+    assert all(a["completion_tokens"] <= 8 for a in answers)
     assert {a["system"] != "" for a in answers if a["policy"] == "prompted"} == {True}
