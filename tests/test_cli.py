@@ -14,10 +14,10 @@ from cai import config
 from cai.cli import app
 from cai.cli.common import Flag, config_command
 from cai.errors import ConfigError
+from cai.eval.run import EvalConfig
 from cai.judge import JudgeOptions
 from cai.label import LabelConfig
 from cai.revise import ReviseConfig
-from cai.eval.run import EvalConfig
 from cai.reward_eval import RMEvalConfig
 
 CLI = Path(__file__).resolve().parent.parent / "cai" / "cli"
