@@ -140,8 +140,9 @@ def run_eval(cfg: EvalConfig, engines: Mapping[str, Engine] | None = None, judge
     # The judge is resolved only where something is judged (a second policy and a judged suite).
     needs_judge = len(policies) > 1 and any(s.kind == "judged" for s in suites)
     judge = models.identity(resolve_judge_engine(cfg.judge), judge_engine, context=True) if needs_judge else None
-    # Models and the judge's prompts enter every answer's and judgment's key (an edited model
-    # folder makes its records stale), so inputs.json holds only what the config cannot show.
+    # Each model's fingerprint is in its answers' and judgments' keys: an edited model folder makes
+    # its records stale, and adding a policy on resume is no run-wide change. The constitution's
+    # judge prompts are one, refused on resume as in `cai label`.
     out = open_run_dir(cfg.out, cfg, force, resumable=RESUMABLE_CHANGES, records=ANSWERS_FILE,
                        inputs={"judge_prompts": judge_prompts(c)})
     sampling = Sampling(max_tokens=cfg.max_tokens, temperature=cfg.temperature, top_p=cfg.top_p, seed=cfg.seed)
