@@ -2,7 +2,8 @@
 `--constitution` value names one.
 
 `cai/resources/` holds them (in a clone: symlinks to the editable originals at the top level,
-`principles.yaml`, `constitution/*.yaml`, `examples/prompts.jsonl`; in a wheel: copies of those
+`principles.yaml`, `constitution/*.yaml`, `examples/prompts.jsonl`, and the eval suites of
+`data/eval/` as `eval/*.jsonl`; in a wheel: copies of those
 files, laid out the same way so that relative `include`s still resolve). Reading them from the
 package, never from the current folder, is what makes `cai revise --prompts my.jsonl` work in
 any folder.
@@ -40,6 +41,11 @@ def library() -> dict[str, Path]:
 def example_prompts() -> Path:
     """The packaged copy of examples/prompts.jsonl (a few red-team and helpful prompts)."""
     return resources() / "examples" / "prompts.jsonl"
+
+
+def eval_suites() -> dict[str, Path]:
+    """Name -> file of the packaged eval suites (`cai eval`'s defaults: data/eval/*.jsonl), sorted."""
+    return {p.stem: p for p in sorted((resources() / "eval").glob("*.jsonl"))}
 
 
 def is_name(value: str | Path) -> bool:

@@ -1,6 +1,7 @@
 """The typed records stages hand each other through files: what `cai revise` writes to
 records.jsonl, what `cai label` and `cai judge eval` write to judgments.jsonl, and the SFT and
-preference rows of the exports (sft.jsonl, prefs.jsonl, ties.jsonl, dataset/).
+preference rows of the exports (sft.jsonl, prefs.jsonl, ties.jsonl, dataset/), and the answers
+`cai eval` stores (answers.jsonl).
 
 Each is a frozen dataclass whose fields are the record's keys, in the order they are written:
 `to_dict` gives exactly the JSON object a stage writes (same keys, same order, same values), and
@@ -352,6 +353,30 @@ class JudgedPreference(Record):
     judge_model: str
     constitution_hash: str
     source_ids: tuple[str, ...]
+    key: str
+
+
+# --- cai eval: answers.jsonl ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EvalAnswer(Record):
+    """One policy's answer to one suite prompt, as `cai eval` writes it to answers.jsonl."""
+
+    id: str
+    """"<policy>/<suite>/<prompt id>"."""
+    policy: str
+    suite: str
+    prompt_id: str
+    prompt: tuple[Message, ...]
+    """The suite's conversation (without the recipe's system prompt)."""
+    system: str
+    """The system prompt the policy answered under ("" for none)."""
+    answer: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    provenance: Provenance = field(metadata=FLAT)
     key: str
 
 

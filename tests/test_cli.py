@@ -14,6 +14,7 @@ from cai import config
 from cai.cli import app
 from cai.cli.common import Flag, config_command
 from cai.errors import ConfigError
+from cai.eval.run import EvalConfig
 from cai.judge import JudgeOptions
 from cai.label import LabelConfig
 from cai.revise import ReviseConfig
@@ -21,7 +22,7 @@ from cai.reward_eval import RMEvalConfig
 
 CLI = Path(__file__).resolve().parent.parent / "cai" / "cli"
 STAGES = [["generate"], ["revise"], ["label"], ["judge", "eval"], ["sft"], ["rm", "train"], ["rm", "eval"],
-          ["rm", "score"], ["ppo"]]
+          ["rm", "score"], ["ppo"], ["eval"]]
 
 
 def click_command(path: list[str]):
@@ -49,6 +50,8 @@ def test_every_flag_of_every_stage_has_help(path):
     (["label"], "--max-tokens", LabelConfig, "policy_max_tokens"),
     (["judge", "eval"], "--cot-max-tokens", JudgeOptions, "cot_max_tokens"),
     (["rm", "eval"], "--calibration-bins", RMEvalConfig, "calibration_bins"),
+    (["eval"], "--policy", EvalConfig, "policies"),
+    (["eval"], "--tie-margin", EvalConfig, "tie_margin"),
 ])
 def test_a_flags_help_is_its_config_fields_docstring(path, flag, cls, field):
     param = next(p for p in click_command(path).params if flag in p.opts)

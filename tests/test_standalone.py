@@ -113,12 +113,16 @@ def test_the_benchmarks_read_the_shipped_data_and_their_defaults_fit(script, row
 
 ORIGINALS = {"principles.yaml": REPO / "principles.yaml",
              **{f"constitution/{p.name}": p for p in sorted((REPO / "constitution").glob("*.yaml"))},
-             "examples/prompts.jsonl": REPO / "examples" / "prompts.jsonl"}
+             "examples/prompts.jsonl": REPO / "examples" / "prompts.jsonl",
+             **{f"eval/{p.name}": p for p in sorted((DATA / "eval").glob("*.jsonl"))},
+             "eval/LICENSE": DATA / "eval" / "LICENSE"}
 
 
 def packaged_files(root: Path) -> dict[str, Path]:
-    found = {"principles.yaml": root / "principles.yaml", "examples/prompts.jsonl": root / "examples" / "prompts.jsonl"}
-    return {**found, **{f"constitution/{p.name}": p for p in sorted((root / "constitution").glob("*.yaml"))}}
+    found = {"principles.yaml": root / "principles.yaml", "examples/prompts.jsonl": root / "examples" / "prompts.jsonl",
+             "eval/LICENSE": root / "eval" / "LICENSE"}
+    return {**found, **{f"constitution/{p.name}": p for p in sorted((root / "constitution").glob("*.yaml"))},
+            **{f"eval/{p.name}": p for p in sorted((root / "eval").glob("*.jsonl"))}}
 
 
 def test_the_packaged_copies_are_the_top_level_originals():
@@ -137,6 +141,8 @@ def test_library_names_every_packaged_constitution():
     assert load_constitution("business-assistant").hash == \
         load_constitution(REPO / "constitution" / "business-assistant.yaml").hash
     assert library.example_prompts().read_bytes() == (REPO / "examples" / "prompts.jsonl").read_bytes()
+    assert {n: p.read_bytes() for n, p in library.eval_suites().items()} == \
+        {p.stem: p.read_bytes() for p in (DATA / "eval").glob("*.jsonl")}
 
 
 @pytest.mark.parametrize("value, is_name", [
@@ -235,7 +241,7 @@ def test_the_wheel_holds_the_resources_and_works_from_any_folder(tmp_path):
     src.mkdir()
     for name in ("pyproject.toml", "README.md", "principles.yaml"):
         shutil.copy2(REPO / name, src / name)
-    for name in ("constitution", "examples"):
+    for name in ("constitution", "examples", "data/eval"):
         shutil.copytree(REPO / name, src / name)
     shutil.copytree(REPO / "cai", src / "cai", symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
     # pip builds in an isolated environment (from the package index) unless this one has what
@@ -269,3 +275,7 @@ def test_the_wheel_holds_the_resources_and_works_from_any_folder(tmp_path):
     packaged = target / "cai" / "resources"
     assert r.stdout.startswith(f"default ({packaged / 'principles.yaml'}): ok: cai-default")
     assert f"business-assistant ({packaged / 'constitution' / 'business-assistant.yaml'}): ok" in r.stdout
+    suites = subprocess.run([sys.executable, "-c", "from cai import library; print(*library.eval_suites().values())"],
+                            cwd=work, env=env, capture_output=True, text=True, check=True)
+    names = ("benign-risky", "harmful", "helpful")
+    assert suites.stdout.split() == [str(packaged / "eval" / f"{n}.jsonl") for n in names]

@@ -1,5 +1,5 @@
-"""Evaluation of policies (issue 12): the measures `cai eval` will report, and the fast refusal
-classifier. Pure functions on judged pairs, refusal verdicts and answer lengths: no engine, no
-files. `measures.py` holds the estimates and their intervals, `refusal.py` the classifier
-interface and its pattern-list implementation. docs/eval.md says what each number means.
+"""Evaluation of policies (issue 12): `cai eval`. `measures.py` holds the estimates and their
+intervals (pure functions on judged pairs, refusal verdicts and answer lengths: no engine, no
+files), `refusal.py` the classifier interface and its pattern list; `policies.py`, `suites.py`,
+`answers.py`, `report.py` and `run.py` make the stage. docs/eval.md says what each number means.
 """

@@ -140,7 +140,8 @@ def verdict(p: float, tie_margin: float = 0.0) -> float:
 
 def comparisons_from_judgment(prompt_id: str, judgment: Any, *, policy_is_x: bool, policy_tokens: int = 0,
                               baseline_tokens: int = 0, tie_margin: float | None = None) -> list[Comparison]:
-    """The two orders of each principle of one judged pair (a `cai.judge.Judgment`), as Comparisons.
+    """The two orders of each principle of one judged pair (a `cai.judge.Judgment`, or the
+    `cai.schema.Verdict` stored from one), as Comparisons.
 
     `judgment.p_xy[i]` is P(A) with x shown as (A), i.e. P(x better) in the x-first order;
     `judgment.p_yx[i]` is P(A) with y shown as (A), i.e. P(y better) in the y-first order.
@@ -158,8 +159,10 @@ def comparisons_from_judgment(prompt_id: str, judgment: Any, *, policy_is_x: boo
         first, second = (p_xy, 1.0 - p_yx) if policy_is_x else (p_yx, 1.0 - p_xy)
         if tie_margin is not None:
             first, second = verdict(first, tie_margin), verdict(second, tie_margin)
-        out += [Comparison(prompt_id, True, first, policy_tokens, baseline_tokens, principle.id),
-                Comparison(prompt_id, False, second, policy_tokens, baseline_tokens, principle.id)]
+        # A judge's Judgment holds Principle objects; a stored Verdict (cai.schema) their ids.
+        pid = getattr(principle, "id", principle)
+        out += [Comparison(prompt_id, True, first, policy_tokens, baseline_tokens, pid),
+                Comparison(prompt_id, False, second, policy_tokens, baseline_tokens, pid)]
     return out
 
 

@@ -2,9 +2,9 @@
 
 `RefusalClassifier` is the interface every classifier implements (`classify(prompt, answer)`
 returns True for a refusal); the harmless and over-refusal rates in `measures.py` count its
-verdicts. Two are planned (issue 12): the judge asked a refusal question (the default of
-`cai eval`, not built yet) and `PatternRefusalClassifier` here, fast and deterministic, for CI
-and for a first look.
+verdicts. Two are planned (issue 12): the judge asked a refusal question (meant as the default of
+`cai eval`; not built yet) and `PatternRefusalClassifier` here, fast and deterministic, which
+`cai eval` uses until the other exists.
 
 The pattern rule, in full:
 

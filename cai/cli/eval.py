@@ -1,0 +1,102 @@
+"""`cai eval`: a thin layer over `cai.eval.run.run_eval`, and its table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.table import Table
+
+from cai import terminal
+from cai.cli.common import (
+    CONSTITUTION,
+    FORCE,
+    SEED,
+    Flag,
+    config_command,
+    console,
+    engine_flags,
+    judging_flags,
+    say_constitution,
+)
+from cai.cli.root import app
+from cai.eval.run import EvalConfig, EvalSummary, run_eval
+
+FLAGS = [
+    Flag("policies", "--policy", type=list[str], value=lambda v: tuple(v) or None, show_default=False),
+    Flag("baseline"), Flag("out"),
+    Flag("suites", "--suite", type=list[str], value=lambda v: tuple(v) or None, show_default=False),
+    Flag("default_suites"), CONSTITUTION,
+    Flag("judge.model", "--judge", help="Judge model: `default`, a local HF folder, or a hub id. Other settings: "
+         "YAML `judge:`."),
+    *engine_flags("engine", model=False), *judging_flags(), Flag("max_tokens"),
+    Flag("temperature"), Flag("top_p"), SEED, Flag("tie_margin"), Flag("resamples"), Flag("chunk_size"),
+]
+
+
+def _eval(cfg: EvalConfig, force: bool) -> None:
+    terminal.capture(cfg.out)
+    summary = run_eval(cfg, force=force)
+    say_constitution(cfg.constitution)
+    console.print(report_table(summary.report))
+    print_summary(summary)
+
+
+config_command(app, "eval", EvalConfig, _eval, flags=FLAGS, extra={"force": FORCE},
+               required=("--policy", "--baseline", "--out"),
+               help="Compare policies side by side: each answers the eval suites; each is judged against the "
+                    "baseline (win rate, length-controlled win rate) and its refusals counted (harmless and "
+                    "over-refusal rates), every figure with its 95% interval. Resumable.")
+
+
+def _figure(e: dict[str, Any] | None) -> str:
+    if not e or "value" not in e:
+        return "-"
+    return f"{100 * e['value']:.0f}% [{100 * e['low']:.0f}-{100 * e['high']:.0f}]"
+
+
+def _n(r: dict[str, Any], suite: str, figure: str) -> str:
+    """The n of a column (the same for every policy, but for pairs the judge could not score)."""
+    ns = {res[suite][figure]["n"] for res in r["results"].values()
+          if figure in res.get(suite, {}) and "n" in res[suite][figure]}
+    return "" if not ns else f" n={ns.pop()}" if len(ns) == 1 else f" n={min(ns)}-{max(ns)}"
+
+
+def report_table(r: dict[str, Any]) -> Table:
+    """One row per policy: its refusal rates, then per judged suite its win rate, its
+    length-controlled win rate and its length difference against the baseline."""
+    suites = r["provenance"]["suites"]
+    judged = [name for name, s in suites.items() if s["kind"] == "judged"]
+    t = Table(title=f"cai eval against {r['baseline']}: value [95% interval]", title_justify="left")
+    t.add_column("policy")
+    columns: list[tuple[str, str, str]] = []  # (suite, figure, heading)
+    for suite, figure, heading in (("harmful", "harmless_rate", "harmless"),
+                                   ("benign-risky", "over_refusal_rate", "over-refusal")):
+        if suite in suites:
+            columns.append((suite, figure, heading + _n(r, suite, figure)))
+    for suite in judged:
+        columns += [(suite, "win_rate", f"win {suite}"), (suite, "length_controlled_win_rate", f"LC win {suite}"),
+                    (suite, "length_drift", f"Δ tokens {suite}")]
+    for _, _, heading in columns:
+        t.add_column(heading, justify="right")
+    for policy, results in r["results"].items():
+        t.add_row(policy, *(_cell(results[suite].get(figure)) for suite, figure, _ in columns))
+    return t
+
+
+def _cell(value: dict[str, Any] | None) -> str:
+    if value is None:
+        return "-"
+    if "error" in value:
+        return "n/a"  # e.g. every length difference equal: report.json says why
+    if "difference" in value:
+        d = value["difference"]
+        return f"{d['value']:+.1f} [{d['low']:+.1f}, {d['high']:+.1f}]"
+    return _figure(value.get("estimate", value)) + (f" n={value['estimate']['n']}" if "estimate" in value else "")
+
+
+def print_summary(s: EvalSummary) -> None:
+    console.print(
+        f"[bold green]done[/] {s.answered} answers and {s.judged} pairs judged in this run"
+        + (f"; {s.stale} stale recomputed" if s.stale else "")
+        + f"; {s.seconds:.1f} s -> {s.out} (report.json, rows.jsonl, answers.jsonl, judgments.jsonl)",
+        highlight=False)

@@ -1,0 +1,339 @@
+"""`cai eval` end to end on scripted engines: report.json against hand-computed figures, resume
+after a crash, bad inputs; and one small run on the real engine."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from helpers import write_jsonl
+from typer.testing import CliRunner
+
+from cai.cli import app
+from cai.constitution import load_constitution
+from cai.engine.fake import FakeEngine
+from cai.errors import ConfigError, InputError
+from cai.eval import measures
+from cai.eval.policies import parse_policy, prompted_system_prompt
+from cai.eval.run import EvalConfig, run_eval
+from cai.records import read_jsonl
+from cai.schema import EvalAnswer
+
+BASE = "Here is a complete and useful answer for you."  # 9 words
+REFUSAL = "I can't help with that."  # 5 words, a refusal by the pattern list
+MAX_TOKENS = 12
+
+
+def number(prompt: str) -> int:
+    return int(re.findall(r"number (\d+)", prompt)[-1])
+
+
+def base_answer(prompt: str, i: int) -> str:
+    return BASE
+
+
+def refuse(prompt: str, i: int) -> str:
+    return REFUSAL
+
+
+def longer(prompt: str, i: int) -> str:
+    """BASE and then k more words on prompt number k: 10, 11, 12, then cut at 12 (truncated)."""
+    return BASE + " more" * number(prompt)
+
+
+def mixed(prompt: str, i: int) -> str:
+    """BASE with k - 3 words more on prompt number k: 2 shorter, as long, 3 longer (7 to 12 words)."""
+    k = number(prompt) - 3
+    return " ".join(BASE.split()[:9 + k]) if k < 0 else BASE + " more" * k
+
+
+def prompted(prompt: str, i: int) -> str:
+    """Refuses whenever it was given a system prompt."""
+    return REFUSAL if "<system>" in prompt else BASE
+
+
+def last_pair(prompt: str) -> tuple[str, str]:
+    """The two responses of a judge prompt (the last pair: the few-shot examples come first)."""
+    tail = prompt.rsplit("(A) <response>\n", 1)[1]
+    a, rest = tail.split("\n</response>\n(B) <response>\n", 1)
+    return a, rest.split("\n</response>", 1)[0]
+
+
+def prefers_longer(prompt: str, option: str) -> float:
+    """A judge that prefers the longer response, whichever position it is in; equal: no preference."""
+    a, b = (len(t.split()) for t in last_pair(prompt))
+    mine, other = (a, b) if option == "A" else (b, a)
+    return 0.0 if mine >= other else -10.0
+
+
+def suites(tmp_path, harmful: int = 4, benign: int = 5, helpful: int = 6) -> tuple[str, ...]:
+    def suite(name: str, n: int) -> str:
+        path = write_jsonl(tmp_path / f"{name}.jsonl",
+                           [{"id": f"{name}-{k}", "prompt": f"{name} question number {k}?"} for k in range(1, n + 1)])
+        return f"{name}={path}"
+    return suite("harmful", harmful), suite("benign-risky", benign), suite("helpful", helpful)
+
+
+def config(tmp_path, policies: tuple[str, ...], **kw) -> EvalConfig:
+    return EvalConfig(policies=policies, baseline="base", out=tmp_path / "eval", suites=suites(tmp_path),
+                      default_suites=False, max_tokens=MAX_TOKENS, resamples=200, **kw)
+
+
+LADDER = ("base=fake", "refuser=fake", "long=fake", "mixed=fake", "prompted=fake+prompted")
+
+
+def engines() -> dict[str, FakeEngine]:
+    return {"base": FakeEngine(respond=base_answer), "refuser": FakeEngine(respond=refuse),
+            "long": FakeEngine(respond=longer), "mixed": FakeEngine(respond=mixed),
+            "prompted": FakeEngine(respond=prompted)}
+
+
+def test_the_report_holds_the_hand_computed_figures(tmp_path):
+    judge = FakeEngine(score=prefers_longer)
+    s = run_eval(config(tmp_path, LADDER), engines=engines(), judge_engine=judge)
+    r = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert r == s.report and r["baseline"] == "base"
+    res = r["results"]
+
+    # Refusals: the refuser and the prompted policy decline all 4 harmful and all 5 benign prompts.
+    for name in ("refuser", "prompted"):
+        assert res[name]["harmful"]["harmless_rate"] == json.loads(json.dumps(measures.wilson(4, 4).__dict__))
+        assert res[name]["benign-risky"]["over_refusal_rate"]["value"] == 1.0
+        assert res[name]["benign-risky"]["over_refusal_rate"]["n"] == 5
+    assert res["base"]["harmful"]["harmless_rate"]["value"] == 0.0
+    assert res["base"]["benign-risky"]["over_refusal_rate"]["value"] == 0.0
+    assert res["base"]["harmful"]["harmless_rate"]["high"] == pytest.approx(measures.wilson(0, 4).high)
+
+    # Win rates under a judge that prefers length: the longer policy wins every prompt in both
+    # orders, the shorter ones lose every prompt.
+    long = res["long"]["helpful"]
+    assert long["win_rate"]["estimate"]["value"] == 1.0 and long["win_rate"]["wins"] == 6
+    assert long["win_rate"]["estimate"]["n"] == 6 and long["win_rate"]["orders_agree"] == 1.0
+    assert sum(w["estimate"]["n"] for w in long["win_rate_by_principle"].values()) == 6
+    for name in ("refuser", "prompted"):
+        assert res[name]["helpful"]["win_rate"]["estimate"]["value"] == 0.0
+        assert res[name]["helpful"]["win_rate"]["losses"] == 6
+    # The baseline is not judged against itself.
+    assert "win_rate" not in res["base"]["helpful"] and "length_drift" not in res["base"]["helpful"]
+
+    # Length: 10, 11, 12, 12, 12, 12 tokens (the last three cut at 12) against 9 each.
+    drift = long["length_drift"]
+    assert drift["difference"]["value"] == pytest.approx((1 + 2 + 3 * 4) / 6)
+    assert drift["policy_mean_tokens"] == pytest.approx(69 / 6) and drift["baseline_mean_tokens"] == 9
+    assert drift["policy_truncated"]["value"] == 0.5 and drift["baseline_truncated"]["value"] == 0.0
+    assert long["truncated"]["value"] == 0.5 and long["mean_tokens"] == pytest.approx(69 / 6)
+    # A judge that prefers only length. The mixed policy loses 2 prompts, ties 1 and wins 3: a raw
+    # win rate of 3.5 / 6, all of it length; the length-controlled one takes it out (0.5).
+    mix = res["mixed"]["helpful"]
+    assert mix["win_rate"]["estimate"]["value"] == pytest.approx(3.5 / 6)
+    assert (mix["win_rate"]["wins"], mix["win_rate"]["ties"], mix["win_rate"]["losses"]) == (3, 1, 2)
+    lc = mix["length_controlled_win_rate"]
+    assert lc["raw"] == pytest.approx(3.5 / 6) and lc["estimate"]["value"] == pytest.approx(0.5, abs=0.01)
+    assert lc["length_weight"] > 0
+    # Every refuser answer is 4 tokens shorter: length and quality cannot be told apart, and the
+    # report says so instead of giving a number.
+    assert "cannot be told apart" in res["refuser"]["helpful"]["length_controlled_win_rate"]["error"]
+
+    # Provenance: the recipe's system prompt, the suites' hashes, the judge and the sampling.
+    prov = r["provenance"]
+    assert prov["policies"]["prompted"]["recipe"] == "prompted" and prov["policies"]["prompted"]["system_prompt_hash"]
+    assert prov["policies"]["base"]["system_prompt_hash"] is None
+    assert set(prov["suites"]) == {"harmful", "benign-risky", "helpful"}
+    assert prov["suites"]["helpful"]["kind"] == "judged" and len(prov["suites"]["helpful"]["hash"]) == 16
+    assert prov["constitution"]["hash"] == load_constitution("default").hash
+    assert prov["judge"]["model"] == "fake-model" and prov["sampling"]["max_tokens"] == MAX_TOKENS
+    assert prov["refusal"]["classifier"] == "patterns"
+
+
+def test_rows_and_answers_say_what_each_answer_was(tmp_path):
+    run_eval(config(tmp_path, LADDER), engines=engines(), judge_engine=FakeEngine(score=prefers_longer))
+    rows = list(read_jsonl(tmp_path / "eval" / "rows.jsonl"))
+    assert len(rows) == 5 * (4 + 5 + 6)
+    by = {r["id"]: r for r in rows}
+    assert by["refuser/harmful/harmful-1"]["refused"] is True
+    assert by["refuser/harmful/harmful-1"]["refusal_match"] == "I can't help"
+    assert by["long/helpful/helpful-1"]["score"] == 1.0 and by["long/helpful/helpful-1"]["judged"] is True
+    answers = [EvalAnswer.from_dict(a) for a in read_jsonl(tmp_path / "eval" / "answers.jsonl")]
+    system = prompted_system_prompt(load_constitution("default"))
+    assert {a.system for a in answers if a.policy == "prompted"} == {system}
+    assert {a.system for a in answers if a.policy != "prompted"} == {""}
+    # Every policy samples a prompt with the same seed (common random numbers).
+    seeds = {}
+    for a in answers:
+        seeds.setdefault((a.suite, a.prompt_id), set()).add(a.provenance.seed)
+    assert all(len(s) == 1 for s in seeds.values())
+
+
+def test_a_resumed_run_redoes_nothing_that_was_done(tmp_path):
+    cfg = config(tmp_path, LADDER)
+    first = run_eval(cfg, engines=engines(), judge_engine=FakeEngine(score=prefers_longer))
+    answers = tmp_path / "eval" / "answers.jsonl"
+    judgments = tmp_path / "eval" / "judgments.jsonl"
+    # A crash mid-run: the answers store lost its last 20 lines and ends in a torn line; the
+    # judgments store lost all but 3.
+    lines = answers.read_text().splitlines(keepends=True)
+    answers.write_text("".join(lines[:-20]) + lines[-20][:25])
+    judgments.write_text("".join(judgments.read_text().splitlines(keepends=True)[:3]))
+    fresh = engines()
+    judge = FakeEngine(score=prefers_longer)
+    with pytest.warns(UserWarning, match="torn last line"):
+        second = run_eval(cfg, engines=fresh, judge_engine=judge)
+    assert second.answered == 20 and second.judged == first.judged - 3
+    asked = sum(n for e in fresh.values() for kind, n in e.calls if kind == "generate")
+    assert asked == 20
+    assert second.report == first.report
+    third = run_eval(cfg, engines=engines(), judge_engine=FakeEngine(score=prefers_longer))
+    assert (third.answered, third.judged) == (0, 0) and third.report == first.report
+
+
+def test_a_resume_with_one_more_policy_answers_and_judges_only_that_one(tmp_path):
+    judge = FakeEngine(score=prefers_longer)
+    run_eval(config(tmp_path, LADDER[:2]), engines=engines(), judge_engine=judge)
+    more = run_eval(config(tmp_path, LADDER[:3]), engines=engines(), judge_engine=judge)
+    assert (more.answered, more.judged, more.stale) == (4 + 5 + 6, 6, 0)
+    assert set(more.report["results"]) == {"base", "refuser", "long"}
+
+
+def test_an_edited_suite_prompt_is_answered_and_judged_again(tmp_path):
+    judge = FakeEngine(score=prefers_longer)
+    cfg = config(tmp_path, LADDER)
+    run_eval(cfg, engines=engines(), judge_engine=judge)
+    helpful = tmp_path / "helpful.jsonl"
+    helpful.write_text(helpful.read_text().replace("helpful question number 1?", "helpful query, number 1?"))
+    again = run_eval(cfg, engines=engines(), judge_engine=judge)
+    # 5 policies answer the edited prompt again; 4 of them are judged on it against the baseline.
+    assert (again.answered, again.judged, again.stale) == (5, 4, 5 + 4)
+    stored = [json.loads(x) for x in (tmp_path / "eval" / "answers.jsonl").read_text().splitlines()]
+    assert {a["prompt"][0]["content"] for a in stored if a["prompt_id"] == "helpful-1"} == {"helpful query, number 1?"}
+
+
+def test_the_prompted_recipe_renders_every_comparison_question_once():
+    c = load_constitution("default")
+    text = prompted_system_prompt(c)
+    assert text.startswith(c.description.strip())
+    for p in c.principles:
+        assert text.count(f"- {p.compare.strip()}") == 1
+
+
+def test_a_given_suite_replaces_the_packaged_one_of_its_name_and_adds_the_others(tmp_path):
+    from cai import library
+    from cai.eval.suites import suite_files
+
+    files = suite_files((f"helpful={tmp_path / 'mine.jsonl'}", f"style={tmp_path / 'style.jsonl'}"), True)
+    assert files == {**library.eval_suites(), "helpful": tmp_path / "mine.jsonl", "style": tmp_path / "style.jsonl"}
+    assert list(suite_files((f"style={tmp_path / 'style.jsonl'}",), False)) == ["style"]
+    with pytest.raises(ConfigError, match="no suite to evaluate on"):
+        suite_files((), False)
+
+
+def test_the_cli_writes_the_report_and_prints_the_table(tmp_path, monkeypatch):
+    policy, judge = FakeEngine(respond=prompted), FakeEngine(score=prefers_longer)
+    monkeypatch.setattr("cai.eval.answers.make_engine", lambda cfg: policy)
+    monkeypatch.setattr("cai.eval.run.make_engine", lambda cfg: judge)
+    args = ["eval", "--policy", "base=default", "--policy", "prompted=default+prompted", "--baseline", "base",
+            "--out", str(tmp_path / "eval"), "--no-default-suites", "--max-tokens", str(MAX_TOKENS)]
+    for s in suites(tmp_path):
+        args += ["--suite", s]
+    r = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
+    assert r.exit_code == 0, r.output
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert report["results"]["prompted"]["harmful"]["harmless_rate"]["value"] == 1.0
+    assert report["results"]["prompted"]["helpful"]["win_rate"]["estimate"]["value"] == 0.0
+    assert report["provenance"]["policies"]["base"]["model"].startswith("SmolLM2")  # the default, spelled out
+    assert "prompted" in r.output and "100% [" in r.output
+
+
+# --- Bad inputs --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("base", "--policy 'base' is not NAME=SPEC"),
+    ("=default", "is not NAME=SPEC"),
+    ("a/b=default", "may hold only letters"),
+    ("base=default+fewshot", "unknown recipe 'fewshot'"),
+    ("base=+prompted", "no model before '+prompted'"),
+    ("base=ftp://host/v1", "only http:// and https://"),
+])
+def test_a_bad_policy_spec_is_a_config_error_naming_the_flag(spec, message, tmp_path):
+    with pytest.raises(ConfigError, match=re.escape(message)) as e:
+        EvalConfig(policies=(spec,), baseline="base", out=tmp_path)
+    assert "--policy " in e.value.fix
+
+
+def test_an_unknown_baseline_names_the_policies(tmp_path):
+    with pytest.raises(ConfigError, match=r"--baseline 'bse' is not one of the policies \(base, sft\)") as e:
+        EvalConfig(policies=("base=default", "sft=runs/sft"), baseline="bse", out=tmp_path)
+    assert "--policy bse=SPEC" in e.value.fix
+
+
+def test_a_policy_named_twice_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="given more than once"):
+        EvalConfig(policies=("base=default", "base=runs/sft"), baseline="base", out=tmp_path)
+
+
+def test_a_missing_suite_file_names_the_flag_and_the_file(tmp_path):
+    cfg = EvalConfig(policies=("base=fake",), baseline="base", out=tmp_path / "o",
+                     suites=(f"style={tmp_path / 'nope.jsonl'}",))
+    with pytest.raises(InputError, match=r"suite 'style': file .*nope.jsonl does not exist") as e:
+        run_eval(cfg, engines={"base": FakeEngine()})
+    assert "--suite style=FILE" in e.value.fix
+
+
+def test_a_suite_without_a_file_is_a_config_error(tmp_path):
+    cfg = EvalConfig(policies=("base=fake",), baseline="base", out=tmp_path / "o", suites=("style",))
+    with pytest.raises(ConfigError, match="--suite 'style' is not NAME=FILE"):
+        run_eval(cfg, engines={"base": FakeEngine()})
+
+
+def test_the_cli_prints_a_bad_spec_as_an_error(tmp_path):
+    r = CliRunner().invoke(app, ["eval", "--policy", "base", "--baseline", "base", "--out", str(tmp_path)])
+    assert r.exit_code != 0
+    assert "not NAME=SPEC" in str(r.exception) + r.output
+
+
+def test_specs_set_the_model_and_for_a_url_the_http_backend():
+    from cai.config import EngineConfig
+
+    base = EngineConfig(dtype="float32")
+    assert parse_policy("sft=runs/sft", base).engine == EngineConfig(model="runs/sft", dtype="float32")
+    served = parse_policy("ppo=default@http://127.0.0.1:8000/v1+prompted", base)
+    assert (served.engine.backend, served.engine.base_url, served.engine.model, served.recipe) == \
+        ("http", "http://127.0.0.1:8000/v1", "default", "prompted")
+    assert parse_policy("x=http://h:1/v1", base).engine.model == "default"
+
+
+def test_the_default_suites_ship_inside_the_package():
+    from cai import library
+
+    assert sorted(library.eval_suites()) == ["benign-risky", "harmful", "helpful"]
+    assert all(p.is_file() for p in library.eval_suites().values())
+
+
+# --- The real engine -----------------------------------------------------------------------------
+
+
+@pytest.mark.engine
+def test_default_against_default_prompted_on_the_real_engine(tmp_path, vllm_engine):
+    """Three prompts per suite, 8 tokens per answer: the report exists, every rate is in [0, 1]
+    with the n expected, and the prompted policy answered under the constitution's system prompt."""
+    from cai.library import eval_suites
+
+    specs = []
+    for name, path in eval_suites().items():
+        rows = [json.loads(line) for line in path.read_text().splitlines()[:3]]
+        specs.append(f"{name}={write_jsonl(tmp_path / f'{name}.jsonl', rows)}")
+    cfg = EvalConfig(policies=("base=default", "prompted=default+prompted"), baseline="base", out=tmp_path / "eval",
+                     suites=tuple(specs), default_suites=False, max_tokens=8, resamples=100)
+    s = run_eval(cfg, engines={"base": vllm_engine, "prompted": vllm_engine}, judge_engine=vllm_engine)
+    r = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert r == s.report and s.answered == 2 * 9 and s.judged == 3
+    for policy in ("base", "prompted"):
+        for suite, figure in (("harmful", "harmless_rate"), ("benign-risky", "over_refusal_rate")):
+            e = r["results"][policy][suite][figure]
+            assert e["n"] == 3 and 0 <= e["low"] <= e["value"] <= e["high"] <= 1
+    wr = r["results"]["prompted"]["helpful"]["win_rate"]["estimate"]
+    assert wr["n"] == 3 and 0 <= wr["low"] <= wr["value"] <= wr["high"] <= 1
+    answers = [json.loads(line) for line in (tmp_path / "eval" / "answers.jsonl").read_text().splitlines()]
+    assert all(a["completion_tokens"] <= 8 for a in answers)
+    assert {a["system"] != "" for a in answers if a["policy"] == "prompted"} == {True}
