@@ -247,8 +247,10 @@ def main() -> None:
                                          "honest answer.", "rejected": "No."}) + "\n" for p in prompts))
     wanted = [s.strip() for s in a.stages.split(",")]
     all_stages = stages(a.prompts, pairs, a.principles)
-    needed = set(wanted) | {s.name for s in all_stages for w in all_stages if w.name in wanted
-                            and any("{ref:" + s.name + "}" in x for x in w.args)}
+    needed = set(wanted)  # the wanted stages and every stage whose reference they read, transitively
+    while grown := {s.name for s in all_stages for w in all_stages if w.name in needed
+                    and any("{ref:" + s.name + "}" in x for x in w.args)} - needed:
+        needed |= grown
     refs: dict[str, Path] = {}
     rows, details = [], {}
     for k, stage in enumerate(all_stages):
