@@ -19,7 +19,7 @@ from cai.errors import CaiError
 err_console = terminal.err
 
 # Importing a module registers its commands on `app`, in this order (the order of `cai --help`).
-for _name in ("generate", "models", "principles", "revise", "label", "judge", "train", "ppo", "eval"):
+for _name in ("generate", "models", "principles", "revise", "label", "judge", "train", "ppo", "eval", "report"):
     importlib.import_module(f"cai.cli.{_name}")
 
 
