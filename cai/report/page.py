@@ -16,13 +16,13 @@ body { margin: 0; font: 14px/1.5 system-ui, -apple-system, "Segoe UI", sans-seri
 header { padding: 18px 28px 8px; border-bottom: 1px solid var(--line); }
 header h1 { margin: 0 0 4px; font-size: 22px; }
 nav a { margin-right: 14px; color: #1a73e8; text-decoration: none; }
-main { padding: 8px 28px 40px; max-width: 1240px; }
+main { padding: 8px 28px 40px; max-width: 1300px; }
 section { margin-top: 26px; }
 h2 { font-size: 18px; border-bottom: 2px solid var(--fg); padding-bottom: 2px; }
 h3 { font-size: 15px; margin: 20px 0 6px; }
 p.how, p.note { color: var(--muted); max-width: 900px; margin: 4px 0 10px; }
 .charts { display: flex; flex-wrap: wrap; gap: 14px 22px; }
-figure { margin: 0; max-width: 600px; }
+figure { margin: 0; max-width: 560px; }
 figcaption { font-weight: 600; font-size: 13px; margin-bottom: 2px; }
 svg.chart { display: block; max-width: 100%; height: auto; }
 table { border-collapse: collapse; margin: 8px 0 14px; font-size: 13px; }
@@ -36,7 +36,7 @@ td.l, th.l { text-align: left; }
 .sample { border: 1px solid var(--line); border-radius: 6px; margin: 14px 0; padding: 8px 12px; }
 .cols { display: grid; grid-template-columns: repeat(auto-fit, minmax(260px, 1fr)); gap: 10px; }
 .box { background: var(--panel); border-radius: 4px; padding: 6px 8px; }
-.box h4 { margin: 0 0 4px; font-size: 12px; color: var(--muted); text-transform: uppercase; letter-spacing: .03em; }
+.box h4 { margin: 0 0 4px; font-size: 12px; color: var(--muted); }
 .text { white-space: pre-wrap; overflow-wrap: anywhere; max-height: 320px; overflow: auto; font-size: 13px; }
 .tag { display: inline-block; text-transform: none; letter-spacing: 0; font-size: 11px; padding: 0 6px;
        border-radius: 8px; background: #e8eaed; margin-left: 4px; }

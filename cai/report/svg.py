@@ -3,7 +3,8 @@
 Every chart is a function of plain numbers and labels that returns one `<svg>` string; every
 label is escaped (`esc`), so a text from a run folder cannot add markup. Charts are drawn only
 when they have data: a caller with nothing to plot leaves the chart out instead of drawing an
-empty frame.
+empty frame. The shapes that show data carry class="mark" (the browser test checks that every
+chart laid out at least one).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 """Series colours, in order (colour-blind-safe enough for up to four series side by side)."""
-WIDTH = 560
+WIDTH = 540
 FONT = 'font-family="system-ui, sans-serif" font-size="12"'
 
 
@@ -42,7 +43,8 @@ def ticks(lo: float, hi: float, count: int = 5, *, whole: bool = False) -> list[
         hi = lo + 1.0
     raw = max((hi - lo) / count, 1.0) if whole else (hi - lo) / count
     power = 10 ** math.floor(math.log10(raw))
-    step = next(m * power for m in (1, 2, 2.5, 5, 10) if m * power >= raw and (not whole or (m * power).is_integer()))
+    steps = [m * power for m in (1, 2, 2.5, 5, 10)]
+    step = next(s for s in steps if s >= raw and (not whole or float(s).is_integer()))
     first = math.floor(lo / step) * step
     return [round(first + i * step, 10) for i in range(int(math.ceil((hi - first) / step)) + 1)]
 
@@ -96,14 +98,15 @@ def interval_chart(rows: Sequence[Interval], title: str, *, domain: tuple[float,
     """A forest plot: one row per label, a dot at the value and a bar over its 95% interval, on a
     shared axis (`domain`, or the rows' own range when None), with an optional reference line
     (0.5 for a win rate: no difference). A row without a value shows its note instead."""
-    left, right, row_h, top = 180, 150, 26, 14
+    left, right, row_h, top = 140, 160, 26, 14
+    width = WIDTH
     height = top + row_h * len(rows) + 34
     values = [v for r in rows for v in (r.value, r.low, r.high) if v is not None]
     lo, hi = domain if domain is not None else (min(values + [reference or 0.0]), max(values + [reference or 0.0]))
     grid = ticks(lo, hi)
     lo, hi = (lo, hi) if domain is not None else (grid[0], grid[-1])
-    x = Scale(lo, hi, left, WIDTH - right)
-    body = [f'<rect x="{left}" y="{top - 4}" width="{WIDTH - left - right}" height="{row_h * len(rows) + 4}" '
+    x = Scale(lo, hi, left, width - right)
+    body = [f'<rect x="{left}" y="{top - 4}" width="{width - left - right}" height="{row_h * len(rows) + 4}" '
             f'fill="#fafafa"/>']
     axis_y = top + row_h * len(rows) + 4
     for t in grid:
@@ -113,7 +116,7 @@ def interval_chart(rows: Sequence[Interval], title: str, *, domain: tuple[float,
         body.append(_line(x(reference), top - 4, x(reference), axis_y, "#555", ' stroke-dasharray="4 3"'))
     for i, r in enumerate(rows):
         cy = top + row_h * i + row_h / 2
-        body.append(_text(left - 8, cy + 4, _short(r.label, 26), "end"))
+        body.append(_text(left - 8, cy + 4, _short(r.label, 21), "end"))
         if r.value is None:
             body.append(_text(left + 6, cy + 4, r.note or "no value", extra=' fill="#888"'))
             continue
@@ -122,10 +125,10 @@ def interval_chart(rows: Sequence[Interval], title: str, *, domain: tuple[float,
             body += [_line(x(r.low), cy, x(r.high), cy, colour, ' stroke-width="3" stroke-linecap="round"'),
                      _line(x(r.low), cy - 5, x(r.low), cy + 5, colour), _line(x(r.high), cy - 5, x(r.high), cy + 5,
                                                                                colour)]
-        body.append(f'<circle cx="{x(r.value):.1f}" cy="{cy:.1f}" r="5" fill="{colour}"/>')
+        body.append(f'<circle class="mark" cx="{x(r.value):.1f}" cy="{cy:.1f}" r="5" fill="{colour}"/>')
         shown = fmt(r.value) + (f" [{fmt(r.low)}, {fmt(r.high)}]" if r.low is not None and r.high is not None else "")
-        body.append(_text(WIDTH - right + 8, cy + 4, shown + (f" n={r.n}" if r.n is not None else "")))
-    return _svg(WIDTH, height, title, body)
+        body.append(_text(width - right + 8, cy + 4, shown + (f" n={r.n}" if r.n is not None else "")))
+    return _svg(width, height, title, body)
 
 
 def bar_chart(rows: Sequence[tuple[str, float]], title: str, *, fmt: Callable[[float], str] = num) -> str:
@@ -139,7 +142,7 @@ def bar_chart(rows: Sequence[tuple[str, float]], title: str, *, fmt: Callable[[f
         y = top + row_h * i
         a, b = sorted((x(0), x(v)))
         body += [f'<rect x="{a:.1f}" y="{y + 3}" width="{max(b - a, 1.0):.1f}" height="{row_h - 6}" '
-                 f'fill="{PALETTE[0]}"/>',
+                 f'fill="{PALETTE[0]}" class="mark"/>',
                  _text(left - 8, y + row_h / 2 + 4, _short(label, 26), "end"),
                  _text(max(x(v), x(0)) + 6, y + row_h / 2 + 4, fmt(v))]
     return _svg(WIDTH, height, title, body)
@@ -191,11 +194,12 @@ def line_chart(series: Sequence[Series], title: str, *, x_label: str = "step", y
         colour = PALETTE[i % len(PALETTE)]
         points = " ".join(f"{x(a):.1f},{y(b):.1f}" for a, b in zip(s.xs, s.ys, strict=True))
         if len(s.xs) > 1:
-            body.append(f'<polyline points="{points}" fill="none" stroke="{colour}" stroke-width="2"/>')
+            body.append(f'<polyline class="mark" points="{points}" fill="none" stroke="{colour}" stroke-width="2"/>')
         for j, (a, b) in enumerate(zip(s.xs, s.ys, strict=True)):
             if s.lows is not None and s.highs is not None:
                 body.append(_line(x(a), y(s.lows[j]), x(a), y(s.highs[j]), colour, ' stroke-width="1.5"'))
-            body.append(f'<circle cx="{x(a):.1f}" cy="{y(b):.1f}" r="{3 if len(s.xs) > 30 else 4}" fill="{colour}"/>')
+            body.append(f'<circle class="mark" cx="{x(a):.1f}" cy="{y(b):.1f}" r="{3 if len(s.xs) > 30 else 4}" '
+                        f'fill="{colour}"/>')
         body += [f'<rect x="{legend_x}" y="8" width="10" height="10" fill="{colour}"/>',
                  _text(legend_x + 14, 17, _short(s.name, 40))]
         legend_x += 24 + 6.5 * min(len(s.name), 40)
@@ -221,7 +225,8 @@ def reliability_chart(points: Sequence[tuple[float, float, int]], title: str) ->
     biggest = max(n for _, _, n in points)
     for conf, agree, n in points:
         r = 3 + 9 * math.sqrt(n / biggest)
-        body += [f'<circle cx="{x(conf):.1f}" cy="{y(agree):.1f}" r="{r:.1f}" fill="{PALETTE[0]}" fill-opacity="0.7"/>',
+        body += [f'<circle class="mark" cx="{x(conf):.1f}" cy="{y(agree):.1f}" r="{r:.1f}" fill="{PALETTE[0]}" '
+                 f'fill-opacity="0.7"/>',
                  _text(x(conf) + r + 3, y(agree) + 4, f"n={n}", extra=' fill="#555"')]
     return _svg(left + side + 70, top + side + 44, title, body)
 
@@ -243,7 +248,7 @@ def histogram(values: Sequence[float], title: str, *, lo: float = 0.0, hi: float
     for i, c in enumerate(counts):
         a, b = x(lo + i * width), x(lo + (i + 1) * width)
         body.append(f'<rect x="{a + 1:.1f}" y="{y(c):.1f}" width="{b - a - 2:.1f}" height="{y(0) - y(c):.1f}" '
-                    f'fill="{PALETTE[0]}"/>')
+                    f'fill="{PALETTE[0]}" class="mark"/>')
     for t in ticks(lo, hi, 5):
         body.append(_text(x(t), top + plot_h + 16, num(t), "middle"))
     body.append(_text((left + WIDTH - right) / 2, top + plot_h + 34, x_label, "middle", ' fill="#555"'))
