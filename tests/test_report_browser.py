@@ -1,0 +1,103 @@
+"""`cai report`'s page in a real browser: headless Chromium (Debian's `chromium` package) opens the
+report of a run folder of every kind; the page must log nothing to the console (no error, no
+failed load), every chart must lay out its data, and its screenshot must not be blank. The checks
+are shown to fail on pages that break each of them.
+
+Skipped where no Chromium is installed, unless CAI_REQUIRE_BROWSER=1 (CI: .ci/run installs it),
+where a missing browser fails instead. CAI_REPORT_SCREENSHOT=PATH keeps the report's screenshot."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from browser import PageResult, find_chromium, open_page, problems
+from report_runs import make_all
+
+from cai.report import write_report
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture(scope="module")
+def chromium() -> str:
+    path = find_chromium()
+    required = os.environ.get("CAI_REQUIRE_BROWSER") == "1"
+    missing = [m for m in ("websockets", "PIL") if not _importable(m)]
+    if path is None or missing:
+        why = ("no Chromium binary on PATH (looked for chromium, chromium-browser, google-chrome); "
+               "install Debian's `chromium` package" if path is None
+               else f"Python packages missing for the browser test: {', '.join(missing)}")
+        if required:
+            pytest.fail(f"CAI_REQUIRE_BROWSER=1 but {why}")
+        pytest.skip(why)
+    return path
+
+
+def _importable(name: str) -> bool:
+    try:
+        __import__(name)
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("runs")
+    folders = make_all(root)
+    out = root / "report.html"
+    write_report(list(folders.values()), out)
+    return out
+
+
+def test_the_report_opens_cleanly_draws_every_chart_and_is_not_blank(chromium, report, tmp_path):
+    r = open_page(report, chromium)
+    assert problems(r) == []
+    # Every chart in the file is on the page and drew data; the escaped hostile texts ran nothing.
+    assert len(r.svgs) == report.read_text().count("<svg ") >= 20
+    assert r.scripts == 0
+    shot = tmp_path / "report.png"
+    shot.write_bytes(r.screenshot)
+    assert shot.stat().st_size > 10_000
+    if os.environ.get("CAI_REPORT_SCREENSHOT"):
+        shutil.copy(shot, os.environ["CAI_REPORT_SCREENSHOT"])
+
+
+PAGE = ('<!DOCTYPE html><html><head><meta charset="utf-8"></head><body><p>A chart:</p>'
+        '<svg width="200" height="80"><rect class="mark" x="10" y="10" width="100" height="40" fill="#1f77b4"/>'
+        '</svg>{extra}</body></html>')
+
+
+@pytest.mark.parametrize("extra, body, expected", [
+    ("", None, None),  # the good page: no problem (so the failures below are the checks firing)
+    ("<script>throw new Error('deliberate')</script>", None, "uncaught exception"),
+    ("<script>console.error('deliberate')</script>", None, "console.error: deliberate"),
+    ('<img src="missing.png">', None, "Failed to load resource"),
+    ("<svg width='200' height='80'></svg>", None, "did not draw"),
+    ("<svg width='200' height='80'><rect class='mark' x='0' y='0' width='0' height='0'/></svg>", None,
+     "did not draw"),
+    ("", '<!DOCTYPE html><html><body style="background:#fff"></body></html>', "blank"),
+])
+def test_the_checks_fail_on_a_broken_page(chromium, tmp_path, extra, body, expected):
+    page = tmp_path / "page.html"
+    page.write_text(body if body is not None else PAGE.replace("{extra}", extra))
+    found = problems(open_page(page, chromium))
+    if expected is None:
+        assert found == []
+    else:
+        assert any(expected in p for p in found), found
+
+
+def test_a_blank_screenshot_is_caught_even_with_charts_measured():
+    """problems() reads the screenshot itself: a page whose charts measured fine but whose picture
+    is one colour (it never painted) fails."""
+    image = pytest.importorskip("PIL.Image")
+    buf = io.BytesIO()
+    image.new("RGB", (50, 50), "white").save(buf, format="PNG")
+    r = PageResult(svgs=[{"shapes": 3, "marks": 1, "width": 100, "height": 50, "label": "x"}], text=10,
+                   screenshot=buf.getvalue())
+    assert problems(r) == ["the screenshot is blank (one colour)"]
