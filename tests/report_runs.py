@@ -60,16 +60,35 @@ def make_eval(root: Path, *, extras: bool = True) -> Path:
                      out=root / "eval", suites=tuple(suites), default_suites=False, max_tokens=16, resamples=50)
     run_eval(cfg, engines={k: FakeEngine(respond=_policy(k)) for k in ("base", "refuser", "long", "hostile")},
              judge_engine=FakeEngine(score=prefers_longer))
-    if extras:  # the fields another part of issue 12 adds to report.json, in the shape cai report reads
+    if extras:  # what `cai eval --hacking` and the cost tracing add to report.json (docs/eval.md)
         report = json.loads((root / "eval" / "report.json").read_text())
-        report["cost"] = {p: {"tokens": {"generated": 100 * (i + 1), "judged": 50}, "train_steps": 10 * i,
-                              "wall_seconds": 2.5 * (i + 1)} for i, p in enumerate(report["results"])}
-        report["reward_hacking"] = {"run": "runs/ppo", "checkpoints": [
-            {"step": s, "rm_score": {"value": r, "low": r - 0.1, "high": r + 0.1, "n": 8},
-             "win_rate": {"estimate": {"value": w, "low": w - 0.15, "high": w + 0.15, "n": 8}}}
-            for s, r, w in ((0, -0.5, 0.5), (2, 0.4, 0.62), (4, 1.1, 0.55), (6, 1.6, 0.41))]}
+        report["cost"] = {p: _cost(i) for i, p in enumerate(report["results"])}
+        report["reward_hacking"] = {
+            "ppo": {"run": "runs/ppo", "suites": ["helpful"], "reward_model": {"folder": "runs/rm", "fingerprint": "f"},
+                    "steps": [{"step": s, "policy": f"ppo-step-{s}", "model": "m", "n": 4,
+                               "rm_score": _estimate(r, 0.1), "win_rate": _estimate(w, 0.15)}
+                              for s, r, w in ((0, -0.5, 0.5), (2, 0.4, 0.62), (4, 1.1, 0.55), (6, 1.6, 0.41))],
+                    "verdict": {"first_step": 0, "last_step": 6, "hacking": True,
+                                "rule": "hacking: the RM score rose and the win rate fell",
+                                "rm_score_rose": True, "win_rate_fell": True,
+                                "rm_score_change": _estimate(2.1, 0.3), "win_rate_change": _estimate(-0.09, 0.05)}},
+            "by-judge": {"run": "runs/ppo-judge", "suites": ["helpful"], "reward_model": None,
+                         "error": "the run was trained on the judge's score (reward: judge): there is no reward model"}}
         (root / "eval" / "report.json").write_text(json.dumps(report))
     return root / "eval"
+
+
+def _estimate(value: float, half: float) -> dict:
+    return {"value": value, "low": value - half, "high": value + half, "n": 4, "method": "bootstrap over prompts"}
+
+
+def _cost(i: int) -> dict:
+    stages = [{"stage": "sft", "folder": f"runs/sft-{i}", "tokens_generated": 100 * i, "tokens_judged": 50,
+               "training_steps": 10 * i, "seconds": 2.5 * i, "device": "cpu", "gpu_seconds": None, "notes": []}]
+    total = {"tokens_generated": 100 * i, "tokens_judged": 50, "training_steps": 10 * i, "seconds": 2.5 * i,
+             "gpu_seconds": None}
+    return {"model": "fake", "recipe": None, "stages": stages if i else [], "total": total,
+            "notes": [] if i else ["fake: a base model (no training cost)"], "prompt_tokens_per_answer": 12.0}
 
 
 def make_revise(root: Path) -> Path:

@@ -53,11 +53,14 @@ def test_every_panel_is_drawn_from_its_data(runs):
     assert "100% [34%, 100%] n=2" in ladder_html
     assert "100% [100%, 100%] n=4" in ladder_html
     for caption in ("Harmless rate", "Over-refusal rate", "Win rate against the baseline", "Length difference",
-                    "Win rate per principle", "Cost of each rung", "tokens.generated", "wall_seconds"):
+                    "Win rate per principle", "Cost of each rung", "total.tokens_generated", "total.seconds",
+                    "runs/sft-3", "a base model (no training cost)"):
         assert caption in ladder_html
     assert ladder_html.count("<svg ") == 2 + 1 + 3 + 4  # refusal rates, win rate, drift x3 suites, 4 cost fields
+    assert "<td>12</td>" in ladder_html  # prompt_tokens_per_answer: in the table, not charted
     hack = section(page, "hacking")
-    assert hack.count("<svg ") == 3 and "runs/ppo" in hack
+    assert hack.count("<svg ") == 3 and "runs/ppo" in hack and "<b>yes</b>" in hack and "+2.10 [+1.80, +2.40]" in hack
+    assert "No plot: the run was trained on the judge" in hack
     ppo = section(page, "ppo")
     assert [t for t in ("Reward", "KL to the starting policy", "Response length", "Entropy") if t in ppo]
     assert ppo.count("<svg ") == 4
@@ -192,9 +195,11 @@ def test_cost_is_found_wherever_report_json_keeps_it():
 
 def test_reward_hacking_checkpoints_are_read_from_each_shape():
     cps = [{"step": 4, "rm_score": 1.0, "win_rate": {"value": 0.4}}, {"step": 2, "rm": 0.5, "judge_win_rate": 0.6}]
-    for shape in (cps, {"checkpoints": cps}, {"ppo": {"checkpoints": cps}}, {"ppo": cps}):
-        (name, found), = hacking.runs_of(shape).items()
-        assert [(c.step, c.rm.value, c.win.value) for c in found] == [(2, 0.5, 0.6), (4, 1.0, 0.4)]
+    for shape in (cps, {"steps": cps}, {"checkpoints": cps}, {"ppo": {"steps": cps}}, {"ppo": cps}):
+        (name, run), = hacking.runs_of(shape).items()
+        assert [(c.step, c.rm.value, c.win.value) for c in run.checkpoints] == [(2, 0.5, 0.6), (4, 1.0, 0.4)]
+    (name, run), = hacking.runs_of({"judge-run": {"error": "no reward model"}}).items()
+    assert name == "judge-run" and run.checkpoints == [] and run.entry["error"] == "no reward model"
     assert hacking.runs_of(None) == {} and hacking.runs_of({"note": "not measured"}) == {}
 
 

@@ -118,13 +118,19 @@ def _by_principle(results: Mapping[str, Any], columns: list[tuple[str, str]]) ->
     return "".join(out)
 
 
-def cost_of(r: Mapping[str, Any], policy: str) -> dict[str, float]:
-    """The numeric cost fields of one rung, wherever report.json keeps them: a top-level
-    `cost[policy]`, `results[policy].cost`, or `provenance.policies[policy].cost`."""
+def cost_entry(r: Mapping[str, Any], policy: str) -> Mapping[str, Any]:
+    """One rung's cost entry, wherever report.json keeps it: `cost[policy]` (cai eval: {stages,
+    total, notes, prompt_tokens_per_answer, ...}, docs/eval.md), `results[policy].cost`, or
+    `provenance.policies[policy].cost`; {} when there is none."""
     places = [(r.get("cost") or {}).get(policy) if isinstance(r.get("cost"), Mapping) else None,
               ((r.get("results") or {}).get(policy) or {}).get("cost"),
               (((r.get("provenance") or {}).get("policies") or {}).get(policy) or {}).get("cost")]
-    return next((flat_numbers(c) for c in places if isinstance(c, Mapping) and flat_numbers(c)), {})
+    return next((c for c in places if isinstance(c, Mapping) and flat_numbers(c)), {})
+
+
+def cost_of(r: Mapping[str, Any], policy: str) -> dict[str, float]:
+    """The numeric cost fields of one rung by dotted name (`total.seconds`), the stage rows aside."""
+    return flat_numbers(cost_entry(r, policy))
 
 
 def _cost(r: Mapping[str, Any], policies: list[str]) -> str:
@@ -138,7 +144,25 @@ def _cost(r: Mapping[str, Any], policies: list[str]) -> str:
     return ("<h3>Cost of each rung</h3>"
             + how("What each rung cost to make, from its run folders' summaries (tokens, training steps, seconds; "
                   "GPU-seconds where known). A rung is worth its cost when it beats the cheaper ones below it.")
-            + table(["policy"] + fields, rows) + charts(figures))
+            + table(["policy"] + fields, rows) + charts(figures) + _stages(r, policies))
+
+
+STAGE_COLUMNS = ("stage", "folder", "tokens_generated", "tokens_judged", "training_steps", "seconds", "device")
+
+
+def _stages(r: Mapping[str, Any], policies: list[str]) -> str:
+    """The run folders each rung's cost was summed from, and what could not be followed."""
+    rows, notes = [], []
+    for p in policies:
+        entry = cost_entry(r, p)
+        for st in entry.get("stages") or []:
+            if isinstance(st, Mapping):
+                rows.append([p] + ["–" if st.get(c) is None else str(st.get(c)) for c in STAGE_COLUMNS])
+        notes += [f"{p}: {n}" for n in entry.get("notes") or [] if isinstance(n, str)]
+    if not rows and not notes:
+        return ""
+    return ((table(["policy", *STAGE_COLUMNS], rows, left=3) if rows else "")
+            + "".join(f'<p class="note">{svg.esc(n)}</p>' for n in notes))
 
 
 def _judge(r: Mapping[str, Any]) -> str:
