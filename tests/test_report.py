@@ -235,3 +235,14 @@ def test_a_chart_escapes_its_labels_and_marks_its_data():
                              "t<")
     assert "<b>" not in out and "&lt;b&gt;x&lt;/b&gt;" in out and "&quot;y&quot;" in out and "&lt;i&gt;" in out
     assert out.count('class="mark"') == 1
+
+
+def test_an_unreadable_file_is_a_typed_error(runs, monkeypatch):
+    """A file the system will not let cai read (no permission; root ignores permissions, so the
+    error is raised by hand here) is an InputError naming it, not a traceback."""
+    def denied(path, cls):
+        raise PermissionError(13, "Permission denied", str(path))
+    monkeypatch.setattr("cai.report.folders.read_records", denied)
+    with pytest.raises(InputError, match="cannot read: Permission denied") as e:
+        build_report([runs["revise"]])
+    assert e.value.location.file == str(runs["revise"] / "records.jsonl")

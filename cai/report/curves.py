@@ -57,6 +57,7 @@ def _summary_tiles(run: Run) -> str:
                                                     ("eval_reward_start", "held-out reward at start"),
                                                     ("eval_reward_end", "held-out reward at end"),
                                                     ("kl_coef", "KL coefficient at end"),
+                                                    ("response_tokens", "tokens generated in rollouts"),
                                                     ("train_loss", "last train loss"),
                                                     ("eval_accuracy", "held-out accuracy"))
              if (v := number(s.get(key))) is not None]

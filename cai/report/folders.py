@@ -148,6 +148,11 @@ def load(path: Path, kind: str) -> Run:
 
 
 def load_runs(paths: list[Path]) -> tuple[list[Run], list[Path]]:
-    """Every run folder under `paths`, read; and the subfolders skipped."""
-    found, skipped = find_runs(paths)
-    return [load(p, k) for p, k in found], skipped
+    """Every run folder under `paths`, read; and the subfolders skipped. A file the system will
+    not let us read is an InputError naming it."""
+    try:
+        found, skipped = find_runs(paths)
+        return [load(p, k) for p, k in found], skipped
+    except OSError as e:
+        raise InputError(f"cannot read: {e.strerror or e}", Location(str(e.filename or "")),
+                         fix="check that the folder and its files are readable") from e
