@@ -122,6 +122,9 @@ def test_a_folder_of_run_folders_stands_for_them(runs, tmp_path):
     page, summary = build_report([parent])
     assert section_ids(page) == {"principles", "samples", "training"}
     assert summary.skipped == [str(parent / "notes")]
+    # A folder named twice is read once.
+    _, again = build_report([parent, parent / "revise"])
+    assert again.runs == summary.runs
 
 
 def test_a_folder_of_the_wrong_kind_is_a_typed_error_naming_it_and_the_files_expected(tmp_path):

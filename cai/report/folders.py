@@ -118,7 +118,10 @@ def find_runs(paths: list[Path]) -> tuple[list[tuple[Path, str]], list[Path]]:
             raise _unknown(path, f"not a run folder (it holds: {files})")
         found += inner
         skipped += [c for c, k in children if k is None]
-    return found, skipped
+    # A folder named twice (`runs/quickstart runs/quickstart/ppo`) is read once.
+    seen: set[Path] = set()
+    unique = [(p, k) for p, k in found if not (p.resolve() in seen or seen.add(p.resolve()))]
+    return unique, skipped
 
 
 def load(path: Path, kind: str) -> Run:
