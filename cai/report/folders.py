@@ -119,9 +119,10 @@ def find_runs(paths: list[Path]) -> tuple[list[tuple[Path, str]], list[Path]]:
         found += inner
         skipped += [c for c, k in children if k is None]
     # A folder named twice (`runs/quickstart runs/quickstart/ppo`) is read once.
-    seen: set[Path] = set()
-    unique = [(p, k) for p, k in found if not (p.resolve() in seen or seen.add(p.resolve()))]
-    return unique, skipped
+    unique: dict[Path, tuple[Path, str]] = {}
+    for p, k in found:
+        unique.setdefault(p.resolve(), (p, k))
+    return list(unique.values()), skipped
 
 
 def load(path: Path, kind: str) -> Run:
