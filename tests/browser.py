@@ -72,11 +72,19 @@ class _Session:
                 return msg.get("result", {})
             self.events.append(msg)
 
-    def wait_for(self, method: str) -> None:
+    def wait_loaded(self, url: str) -> None:
+        """Until the file `url` has fired its load event (a late load event of the about:blank
+        the browser started on does not count)."""
         deadline = time.monotonic() + TIMEOUT_S
-        while not any(e.get("method") == method for e in self.events):
+        while True:
+            if any(e.get("method") == "Page.loadEventFired" for e in self.events):
+                here = self.call("Runtime.evaluate", expression="location.protocol + ' ' + document.readyState",
+                                 returnByValue=True)["result"]["value"]
+                if here == "file: complete":  # our page (pages here are files), not about:blank
+                    return
+                self.events = [e for e in self.events if e.get("method") != "Page.loadEventFired"]
             if time.monotonic() > deadline:
-                raise TimeoutError(f"no {method} within {TIMEOUT_S} s")
+                raise TimeoutError(f"{url} did not load within {TIMEOUT_S} s")
             self.events.append(json.loads(self.ws.recv(timeout=TIMEOUT_S)))
 
 
@@ -126,8 +134,10 @@ def open_page(html: Path, chromium: str, width: int = 1200, height: int = 3000) 
                 s = _Session(ws)
                 for domain in ("Runtime.enable", "Log.enable", "Page.enable"):
                     s.call(domain)
-                s.call("Page.navigate", url=html.resolve().as_uri())
-                s.wait_for("Page.loadEventFired")
+                url = html.resolve().as_uri()
+                s.events.clear()
+                s.call("Page.navigate", url=url)
+                s.wait_loaded(url)
                 measured = json.loads(s.call("Runtime.evaluate", expression=MEASURE, returnByValue=True)
                                       ["result"]["value"])
                 shot = s.call("Page.captureScreenshot", format="png", captureBeyondViewport=True)
