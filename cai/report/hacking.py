@@ -93,7 +93,8 @@ def panel(cps: list[Checkpoint]) -> list[str]:
     both = [c for c in cps if c.rm is not None and c.win is not None]
     if len(both) > 1:
         path = svg.Series("checkpoints, in step order", [c.rm.value for c in both],  # type: ignore[union-attr]
-                          [c.win.value for c in both])  # type: ignore[union-attr]
+                          [c.win.value for c in both],  # type: ignore[union-attr]
+                          labels=[f"step {svg.num(c.step)}" for c in both])
         figures.append(figure("Judge win rate against RM score (the path of the run)",
                               svg.line_chart([path], "win rate against RM score", x_label="RM score",
                                              y_label="win rate", y_domain=(0.0, 1.0), reference=0.5, fmt=svg.pct)))

@@ -157,6 +157,8 @@ class Series:
     ys: Sequence[float]
     lows: Sequence[float] | None = None
     highs: Sequence[float] | None = None
+    labels: Sequence[str] | None = None
+    """A text beside each point (the step of a checkpoint on a path), or None."""
 
 
 def line_chart(series: Sequence[Series], title: str, *, x_label: str = "step", y_label: str = "",
@@ -200,6 +202,8 @@ def line_chart(series: Sequence[Series], title: str, *, x_label: str = "step", y
                 body.append(_line(x(a), y(s.lows[j]), x(a), y(s.highs[j]), colour, ' stroke-width="1.5"'))
             body.append(f'<circle class="mark" cx="{x(a):.1f}" cy="{y(b):.1f}" r="{3 if len(s.xs) > 30 else 4}" '
                         f'fill="{colour}"/>')
+            if s.labels is not None:
+                body.append(_text(x(a) + 6, y(b) - 6, s.labels[j], extra=' fill="#555" font-size="11"'))
         body += [f'<rect x="{legend_x}" y="8" width="10" height="10" fill="{colour}"/>',
                  _text(legend_x + 14, 17, _short(s.name, 40))]
         legend_x += 24 + 6.5 * min(len(s.name), 40)
