@@ -60,7 +60,7 @@ def test_every_panel_is_drawn_from_its_data(runs):
     assert "<td>12</td>" in ladder_html  # prompt_tokens_per_answer: in the table, not charted
     hack = section(page, "hacking")
     assert hack.count("<svg ") == 3 and "runs/ppo" in hack and "<b>yes</b>" in hack and "+2.10 [+1.80, +2.40]" in hack
-    assert "No plot: the run was trained on the judge" in hack
+    assert "No plot: the run was trained on the judge" in hack and ">step 6</text>" in hack
     ppo = section(page, "ppo")
     assert [t for t in ("Reward", "KL to the starting policy", "Response length", "Entropy") if t in ppo]
     assert ppo.count("<svg ") == 4
