@@ -194,6 +194,10 @@ def test_cost_is_found_wherever_report_json_keeps_it():
     assert ladder.cost_of({"provenance": {"policies": {"sft": {"cost": {"gpu_seconds": 1.5}}}}}, "sft") == {
         "gpu_seconds": 1.5}
     assert ladder.cost_of({"results": {"sft": {}}}, "sft") == {}
+    # A served model: nothing known but a note, which the page still shows.
+    served = {"cost": {"api": {"stages": [], "total": {"seconds": None}, "notes": ["api: a served model"]}},
+              "results": {"api": {}}}
+    assert ladder.cost_of(served, "api") == {} and "a served model" in ladder._cost(served, ["api"])
 
 
 def test_reward_hacking_checkpoints_are_read_from_each_shape():

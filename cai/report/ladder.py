@@ -125,7 +125,7 @@ def cost_entry(r: Mapping[str, Any], policy: str) -> Mapping[str, Any]:
     places = [(r.get("cost") or {}).get(policy) if isinstance(r.get("cost"), Mapping) else None,
               ((r.get("results") or {}).get(policy) or {}).get("cost"),
               (((r.get("provenance") or {}).get("policies") or {}).get(policy) or {}).get("cost")]
-    return next((c for c in places if isinstance(c, Mapping) and flat_numbers(c)), {})
+    return next((c for c in places if isinstance(c, Mapping)), {})
 
 
 def cost_of(r: Mapping[str, Any], policy: str) -> dict[str, float]:
@@ -136,7 +136,8 @@ def cost_of(r: Mapping[str, Any], policy: str) -> dict[str, float]:
 def _cost(r: Mapping[str, Any], policies: list[str]) -> str:
     costs = {p: cost_of(r, p) for p in policies}
     fields = list(dict.fromkeys(k for c in costs.values() for k in c))
-    if not fields:
+    stages = _stages(r, policies)
+    if not fields and not stages:
         return ""
     rows = [[p] + [svg.num(costs[p][k]) if k in costs[p] else "–" for k in fields] for p in policies]
     figures = [figure(f"Cost: {k}", svg.bar_chart([(p, costs[p][k]) for p in policies if k in costs[p]], f"cost {k}"))
@@ -144,7 +145,7 @@ def _cost(r: Mapping[str, Any], policies: list[str]) -> str:
     return ("<h3>Cost of each rung</h3>"
             + how("What each rung cost to make, from its run folders' summaries (tokens, training steps, seconds; "
                   "GPU-seconds where known). A rung is worth its cost when it beats the cheaper ones below it.")
-            + table(["policy"] + fields, rows) + charts(figures) + _stages(r, policies))
+            + (table(["policy"] + fields, rows) if fields else "") + charts(figures) + stages)
 
 
 STAGE_COLUMNS = ("stage", "folder", "tokens_generated", "tokens_judged", "training_steps", "seconds", "device")
