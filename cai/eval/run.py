@@ -10,7 +10,9 @@ The pipeline, each step resumable:
 3. the report: refusal verdicts of the pattern classifier on the harmful and benign-risky suites
    (the only classifier built: the judge-based one of issue 12 is not, and has no option yet),
    then every measure of `cai.eval.measures` with its 95% interval (DIR/report.json, one row per
-   answer in DIR/rows.jsonl; `cai.eval.report`).
+   answer in DIR/rows.jsonl; `cai.eval.report`); with `--hacking`, each PPO run's step policies'
+   answers scored by its reward model first (DIR/rm_scores.jsonl). report.json's `reward_hacking`
+   comes from `cai.eval.hacking`, its `cost` from `cai.eval.cost`.
 
 A killed run resumes: stored answers and judgments whose key matches today's inputs are kept.
 """
