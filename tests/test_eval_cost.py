@@ -8,8 +8,9 @@ import json
 from pathlib import Path
 
 import yaml
-from helpers import write_jsonl
-from test_eval_run import MAX_TOKENS, base_answer, engines, prefers_longer, suites
+from helpers import EVAL_ANSWER, write_jsonl
+from helpers import eval_suite_specs as suites
+from helpers import length_judge as prefers_longer
 
 from cai.engine.fake import FakeEngine
 from cai.eval.cost import trace
@@ -66,9 +67,9 @@ def test_a_ppo_rung_costs_every_stage_behind_it_once(tmp_path):
     assert by["label"]["gpu_seconds"] is None and by["sft"]["gpu_seconds"] == 30.0
     assert all(n.endswith("a base model (no training cost counted)") for n in notes)
 
-    from cai.eval.cost import _total
+    from cai.eval.cost import total_cost
 
-    t = _total(stages)
+    t = total_cost(stages)
     assert t == {"tokens_generated": 390, "tokens_judged": 1400, "training_steps": 19, "seconds": 240.0,
                  "gpu_seconds": 190.0}
 
@@ -116,10 +117,9 @@ def test_the_report_has_a_cost_per_policy_and_the_table_a_cost_column(tmp_path):
     runs = ladder(tmp_path)
     policies = ("base=fake", "prompted=fake+prompted", f"ppo={runs['ppo']}")
     cfg = EvalConfig(policies=policies, baseline="base", out=tmp_path / "eval", suites=suites(tmp_path),
-                     default_suites=False, max_tokens=MAX_TOKENS, resamples=50)
-    e = engines()
-    s = run_eval(cfg, engines={"base": e["base"], "prompted": e["prompted"], "ppo": FakeEngine(respond=base_answer)},
-                 judge_engine=FakeEngine(score=prefers_longer))
+                     default_suites=False, max_tokens=12, resamples=50)
+    s = run_eval(cfg, engines={name: FakeEngine(respond=lambda prompt, i: EVAL_ANSWER)
+                               for name in ("base", "prompted", "ppo")}, judge_engine=FakeEngine(score=prefers_longer))
     cost = s.report["cost"]
     assert cost["base"]["stages"] == [] and cost["base"]["total"]["seconds"] == 0.0
     assert cost["ppo"]["total"]["seconds"] == 240.0 and cost["ppo"]["model"] == str(runs["ppo"])

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import EVAL_ANSWER as BASE
+from helpers import eval_suite_specs as suites
+from helpers import length_judge as prefers_longer
 from helpers import write_jsonl
-from test_eval_run import BASE, MAX_TOKENS, base_answer, prefers_longer, suites
 from typer.testing import CliRunner
 
 from cai.cli import app
@@ -18,6 +20,10 @@ from cai.engine.fake import FakeEngine
 from cai.errors import ConfigError
 from cai.eval.hacking import StepScores, reward_hacking
 from cai.eval.run import EvalConfig, run_eval
+
+MAX_TOKENS = 12
+"""Answers are cut at 12 words."""
+
 
 # --- the verdict on constructed scores --------------------------------------------------------------
 
@@ -109,7 +115,7 @@ def test_a_run_that_games_its_reward_model_is_flagged_and_one_that_improves_is_n
     run = ppo_run(tmp_path)
     plan = {0: cheers(1, 0), 2: shorter_cheer, 4: lambda prompt, i: "Great! Great!"} if hacked else \
         {0: cheers(0, 0), 2: cheers(1, 1), 4: cheers(3, 2)}
-    engines = {"base": FakeEngine(respond=base_answer), **{f"ppo-step-{k}": FakeEngine(respond=f)
+    engines = {"base": FakeEngine(respond=cheers(0, 0)), **{f"ppo-step-{k}": FakeEngine(respond=f)
                                                            for k, f in plan.items()}}
     calls: list[int] = []
     cfg = EvalConfig(policies=("base=fake",), baseline="base", out=tmp_path / "eval", suites=suites(tmp_path),
@@ -155,8 +161,8 @@ def test_the_table_says_hacking(tmp_path, monkeypatch):
 
 def test_a_judge_reward_run_has_no_reward_model_and_says_so(tmp_path):
     run = ppo_run(tmp_path, snapshot_steps=(), final=2, reward="judge")
-    engines = {"base": FakeEngine(respond=base_answer), "j-step-0": FakeEngine(respond=base_answer),
-               "j-step-2": FakeEngine(respond=base_answer)}
+    engines = {"base": FakeEngine(respond=cheers(0, 0)), "j-step-0": FakeEngine(respond=cheers(0, 0)),
+               "j-step-2": FakeEngine(respond=cheers(0, 0))}
     cfg = EvalConfig(policies=("base=fake",), baseline="base", out=tmp_path / "eval", suites=suites(tmp_path),
                      default_suites=False, max_tokens=MAX_TOKENS, resamples=50, hacking=(f"j={run}",))
     h = run_eval(cfg, engines=engines, judge_engine=FakeEngine(score=prefers_longer)).report["reward_hacking"]["j"]
@@ -194,7 +200,7 @@ def test_the_cli_takes_hacking_and_prints_its_table(tmp_path, monkeypatch):
     import cai.eval.run as run_mod
 
     run = ppo_run(tmp_path)
-    plan = {"base": base_answer, "ppo-step-0": cheers(1, 0), "ppo-step-2": cheers(0, 1),
+    plan = {"base": cheers(0, 0), "ppo-step-0": cheers(1, 0), "ppo-step-2": cheers(0, 1),
             "ppo-step-4": lambda prompt, i: "Great! Great!"}
     def scripted(cfg, force=False):
         return run_mod.run_eval(cfg, engines={k: FakeEngine(respond=f) for k, f in plan.items()},

@@ -252,7 +252,7 @@ def trace(model: str) -> tuple[list[dict[str, Any]], list[str]]:
     return [s.row() for s in t.stages], t.notes
 
 
-def _total(stages: Sequence[dict[str, Any]]) -> dict[str, Any]:
+def total_cost(stages: Sequence[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for f in FIGURES:
         known = [s[f] for s in stages if s[f] is not None]
@@ -273,7 +273,7 @@ def cost_report(policies: Sequence[Policy], answers: Mapping[str, EvalAnswer],
             else trace(p.engine.model)
         mine = prompt_tokens[p.name]
         entry: dict[str, Any] = {"model": p.engine.model, "recipe": p.recipe, "stages": stages,
-                                 "total": _total(stages), "notes": notes,
+                                 "total": total_cost(stages), "notes": notes,
                                  "prompt_tokens_per_answer": sum(mine) / len(mine) if mine else None}
         if p.recipe:
             entry["extra_prompt_tokens_per_answer"] = _extra_prompt_tokens(p, policies, answers, identities)
