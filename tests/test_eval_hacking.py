@@ -173,9 +173,13 @@ def test_a_judge_reward_run_has_no_reward_model_and_says_so(tmp_path):
     ("ppo", "is not NAME=RUN_DIR"),
     ("ppo={missing}", "is not a finished `cai ppo` run"),
     ("base={run}", "already taken"),  # its step 0 would be the policy base-step-0, given below
+    ("ppo={run}", "reward model .* is not a folder here"),
 ])
 def test_bad_hacking_specs_are_config_errors(tmp_path, spec, message):
     run = ppo_run(tmp_path)
+    if "reward model" in message:
+        (tmp_path / "rm" / "config.json").unlink()
+        (tmp_path / "rm").rmdir()
     policies = ("base=fake", "base-step-0=fake") if message == "already taken" else ("base=fake",)
     cfg = EvalConfig(policies=policies, baseline="base", out=tmp_path / "eval", suites=suites(tmp_path),
                      default_suites=False, hacking=(spec.format(run=run, missing=tmp_path / "nope"),))

@@ -97,6 +97,9 @@ def _read_run(name: str, run: Path, engine: EngineConfig, text: str) -> HackingR
     steps = {k: Policy(f"{name}-step-{k}", f"{run} step {k}", replace(engine, model=folders[k]))
              for k in sorted(folders)}
     rm = cfg.get("reward_model") if cfg.get("reward", "rm") == "rm" else None
+    if rm is not None and not Path(rm).is_dir():  # checked now, not after every answer is judged
+        raise ConfigError(f"--hacking {text!r}: the run's reward model {rm} (reward_model in {config}) is not a "
+                          "folder here", fix="run cai eval from the folder `cai ppo` ran in, or restore the folder")
     return HackingRun(name, run, steps, rm)
 
 
