@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 from helpers import EVAL_ANSWER, write_jsonl
 from helpers import eval_suite_specs as suites
@@ -139,3 +140,26 @@ def test_the_report_has_a_cost_per_policy_and_the_table_a_cost_column(tmp_path):
     text = console.export_text()
     assert "cost" in text and "19 steps, 240 s (190 GPU-s), 0.4k tok gen, 1.4k judged" in text
     assert "prompt tok/answer" in text
+
+
+def test_the_cost_of_real_revise_and_label_folders_matches_their_records(tmp_path):
+    """revise and label run on scripted engines, then traced: the figures are read from what the
+    stages really write (the field names the reader assumes are the writers')."""
+    from cai.label import LabelConfig, run_label
+    from cai.revise import ReviseConfig, run_revise
+
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"id": f"r{i}", "prompt": f"question {i}"} for i in range(3)])
+    answer = lambda prompt, i: f"a good answer of {len(prompt)} chars"  # noqa: E731  (6 words, each text its own)
+    rev = run_revise(ReviseConfig(prompts=prompts, out=tmp_path / "revise", rounds=1, max_tokens=20),
+                     FakeEngine(respond=answer), progress=False)
+    lab = run_label(LabelConfig(input=tmp_path / "revise", out=tmp_path / "label"),
+                    judge_engine=FakeEngine(score=prefers_longer))
+    stages, _ = trace(str(tmp_path / "label"))
+    by = {s["stage"]: s for s in stages}
+    summary = json.loads((tmp_path / "revise" / "summary.json").read_text())
+    assert summary["device"] in ("cpu", "cuda") and json.loads((tmp_path / "label" / "summary.json").read_text())[
+        "device"] == summary["device"]
+    assert by["revise"]["tokens_generated"] == rev.completion_tokens == 3 * 3 * 6  # response, critique, revision
+    assert by["revise"]["seconds"] == pytest.approx(rev.seconds) and by["revise"]["device"] == summary["device"]
+    assert by["label"]["tokens_judged"] == lab.prompt_tokens > 0
+    assert by["label"]["seconds"] == pytest.approx(lab.seconds)
