@@ -227,19 +227,19 @@ def test_the_cli_takes_hacking_and_prints_its_table(tmp_path, monkeypatch):
 
 
 @pytest.mark.engine
-def test_a_tiny_ppo_run_with_snapshots_on_the_real_engine(tmp_path, vllm_engine, default_model_path):
+@pytest.mark.usefixtures("one_thread")
+def test_a_tiny_ppo_run_with_snapshots_on_the_real_engine(tmp_path, vllm_engine, tiny):
     """A tiny random policy trained 2 PPO steps with snapshot_every=1 (the test_ppo fixtures'
     sizes); `cai eval --hacking` on it: its 3 steps (the start, snapshot 1, the final policy) are
     loaded from their folders (transformers backend), judged by the default model against the
     start, and scored by the run's real reward model."""
-    from helpers import make_tiny_model
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from cai.config import EngineConfig
     from cai.ppo import PPOConfig, train_ppo
     from cai.reward import RewardModel
 
-    policy = make_tiny_model(tmp_path / "policy", default_model_path)
+    policy = tiny
     RewardModel(AutoModelForSequenceClassification.from_pretrained(policy, num_labels=1),
                 AutoTokenizer.from_pretrained(policy), max_length=256).save(tmp_path / "rm")
     prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"id": f"q{i}", "prompt": f"Question {i}: name a colour."}

@@ -43,6 +43,7 @@ from cai.snapshots import SNAPSHOTS
 
 SUMMARY_FILE = "summary.json"
 """The summary of `cai revise` and `cai label` (training stages write train_done.json)."""
+BASE_NOTE = "not a cai run folder (a base model): no training cost counted"
 FIGURES = ("tokens_generated", "tokens_judged", "training_steps", "seconds", "gpu_seconds")
 
 
@@ -101,13 +102,13 @@ class _Trace:
     def model(self, ref: str, near: Path | None = None) -> None:
         path = _locate(ref, near)
         if path is None or not path.is_dir():
-            self.notes.append(f"{ref}: a base model (no training cost counted)")
+            self.notes.append(f"{ref}: {BASE_NOTE}")
             return
         snapshots = path.parent
         if snapshots.name == SNAPSHOTS and (snapshots.parent / DONE_FILE).is_file():
             return self._snapshot(path, snapshots.parent)
         if not (path / CONFIG_FILE).is_file():
-            self.notes.append(f"{ref}: a base model (no training cost counted)")
+            self.notes.append(f"{ref}: {BASE_NOTE}")
             return
         self.folder(path)
 
@@ -258,7 +259,7 @@ def total_cost(stages: Sequence[dict[str, Any]]) -> dict[str, Any]:
         known = [s[f] for s in stages if s[f] is not None]
         out[f] = sum(known) if known else None
     if not stages:  # a base model or a prompted one: nothing was trained or generated to make it
-        out.update(tokens_generated=0, tokens_judged=0, training_steps=0, seconds=0.0)
+        out.update(tokens_generated=0, tokens_judged=0, training_steps=0, seconds=0.0, gpu_seconds=0.0)
     return out
 
 
