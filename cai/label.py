@@ -39,7 +39,7 @@ from cai.clean import FLAGS, check_skip_flags
 from cai.config import EngineConfig, to_jsonable
 from cai.constitution import DEFAULT_PATH, Constitution, load_constitution
 from cai.data import Reject, read_prompts, reject_too_long
-from cai.engine import Engine, Sampling, make_engine
+from cai.engine import Engine, Sampling, engine_device, make_engine
 from cai.errors import ConfigError, InputError, Location, RecordError
 from cai.export import DATASET_DIR, PREFS_FILE, split_rows, write_dataset
 from cai.judge import (
@@ -194,6 +194,8 @@ class LabelSummary:
     prompt_tokens: int
     """Judge prompt tokens scored in this run."""
     seconds: float
+    device: str
+    """Where the judge ran: cuda, cpu or remote (cai.engine.engine_device)."""
     out: Path
 
     def to_dict(self) -> dict[str, Any]:
@@ -477,7 +479,7 @@ def _finish(cfg: LabelConfig, c: Constitution, out: Path, groups: list[Group], p
         first_position_rate=_mean(p > 0.5 for p in orders),
         option_mass=_mean(masses),
         principles=dict(Counter(pid for v in verdicts for pid in v.principles).most_common()),
-        **run, out=out,
+        **run, device=engine_device(cfg.judge.backend), out=out,
     )
     write_json_atomic(out / SUMMARY_FILE, summary.to_dict())
     return summary

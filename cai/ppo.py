@@ -86,6 +86,7 @@ from cai.rollout import (
     response_values,
     sample,
 )
+from cai.snapshots import list_snapshots, save_snapshot
 from cai.train_common import MetricsLog, autocast, batch_indices, resolve_device
 
 # The names the CLI and tests import from here.
@@ -425,6 +426,9 @@ def train_loop(run: Run, state: PPOState, progress: bool, on_step: Callable[[int
                 log_step(run, state.step, metrics, exp, adv, batch_records)
                 if run.prompts.eval and cfg.eval_every and state.step % cfg.eval_every == 0 and state.step < cfg.steps:
                     run_eval(run, state.step)
+                if cfg.snapshot_every and state.step % cfg.snapshot_every == 0 and state.step < cfg.steps:
+                    m = run.models  # before the checkpoint: a checkpoint at step N implies snapshot N
+                    save_snapshot(run.out, state.step, m.policy, m.tokenizer, m.generation_config, m.path)
                 if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0 and state.step < cfg.steps:
                     saved_at = save(run, state)
                 bar.update(task, completed=state.step, tokens=state.tokens,
@@ -481,6 +485,9 @@ def train_ppo(cfg: PPOConfig, *, force: bool = False, progress: bool = True, rol
         "resumed_from": start, "eval_reward_start": state.eval_start,
         "eval_reward_end": final_eval.get("eval/reward"), "eval_kl_end": final_eval.get("eval/kl"),
         "final_metrics": metrics, "kl_coef": optim.kl_ctl.value, "seconds": round(time.time() - t_start, 1),
+        "device": device.type, "response_tokens": state.tokens,
     }
+    if cfg.snapshot_every:  # the key only where asked for, so a run without snapshots writes what it did
+        summary["snapshots"] = {str(k): str(d.relative_to(out)) for k, d in list_snapshots(out).items()}
     mark_finished(out, summary, cfg)
     return summary

@@ -147,6 +147,10 @@ class PPOConfig:
     """How many of the newest checkpoints to keep."""
     delete_checkpoints_when_done: bool = True
     """Remove checkpoints/ once the final policy is saved."""
+    snapshot_every: int = 0
+    """Save the policy every N steps as a loadable model folder, snapshots/step-NNNNNN/ (weights,
+    config, tokenizer; kept after the run, listed in train_done.json), for `cai eval --hacking`
+    (0: never). The last step's policy is the run folder itself."""
 
     def __post_init__(self) -> None:
         if not self.prompts:
@@ -173,7 +177,7 @@ class PPOConfig:
         for name, value in positive.items():
             if value < 1:
                 raise ConfigError(f"{name} must be >= 1, got {value}")
-        for name in ("eval_every", "sample_every", "checkpoint_every", "num_samples"):
+        for name in ("eval_every", "sample_every", "checkpoint_every", "snapshot_every", "num_samples"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.batch_size % self.num_minibatches:

@@ -41,7 +41,7 @@ from cai.clean import CLEAN_VERSION, clean
 from cai.config import EngineConfig
 from cai.constitution import DEFAULT_PATH, Constitution, Principle, load_constitution
 from cai.data import PromptRecord, read_prompts, reject_too_long
-from cai.engine import Completion, Engine, Sampling, make_engine
+from cai.engine import Completion, Engine, Sampling, engine_device, make_engine
 from cai.errors import ConfigError, EngineError
 from cai.export import ExportConfig, ExportSummary, export_revisions
 from cai.progress import make_progress
@@ -162,6 +162,8 @@ class ReviseSummary:
     completion_tokens: int
     seconds: float
     """Wall time of this run's generation (model loading and exports not included)."""
+    device: str
+    """Where the engine ran: cuda, cpu or remote (cai.engine.engine_device)."""
     export: ExportSummary
     out: Path
 
@@ -228,7 +230,7 @@ def _run(cfg: ReviseConfig, engine: Engine | None, inputs: list[PromptRecord], r
         principle_usage=dict(usage.most_common()), steps=steps,
         prompt_tokens=sum(s.prompt_tokens for s in steps.values()),
         completion_tokens=sum(s.completion_tokens for s in steps.values()),
-        seconds=seconds, export=exported, out=out,
+        seconds=seconds, device=engine_device(cfg.engine.backend), export=exported, out=out,
     )
     write_json_atomic(out / SUMMARY_FILE, {**config.to_jsonable(summary),
                                            "tokens_per_s": round(summary.tokens_per_s, 1)}, ensure_ascii=False)

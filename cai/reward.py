@@ -332,7 +332,7 @@ def train_reward(cfg: RMConfig, *, force: bool = False, progress: bool = True,
         "train_loss": result.last_metrics.get("train/loss"),
         "train_accuracy": result.last_metrics.get("train/accuracy"),
         "eval_accuracy": report["accuracy"] if report else None, "gain": rm.gain, "bias": rm.bias,
-        "seconds": round(time.time() - t0, 1),
+        "seconds": round(time.time() - t0, 1), "device": resolve_device(cfg.device).type,
     }
     mark_finished(out, summary, cfg)
     return summary

@@ -29,7 +29,7 @@ from cai.conversation import check_messages
 from cai.data import check_columns, read_rows
 from cai.engine import tokens
 from cai.errors import ConfigError, InputError, MultiError
-from cai.train_common import Task, TrainConfig, fit
+from cai.train_common import Task, TrainConfig, fit, resolve_device
 
 IGNORE = -100  # label of a token the loss skips (PyTorch's cross_entropy ignore_index)
 
@@ -230,6 +230,7 @@ def train_sft(cfg: SFTConfig, *, force: bool = False, progress: bool = True, on_
         "dropped_truncated": dropped, "eval_examples": len(eval_examples), "steps": result.steps,
         "resumed_from": result.resumed_from, "train_loss": result.last_metrics.get("train/loss"),
         "eval_loss": result.eval_metrics.get("eval/loss"), "seconds": round(time.time() - t0, 1),
+        "device": resolve_device(cfg.device).type,
     }
     mark_finished(out, summary, cfg)
     return summary

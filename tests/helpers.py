@@ -34,3 +34,28 @@ def shown(prompt: str) -> tuple[str, str]:
     a = prompt.rsplit("(A) <response>\n", 1)[1].split("\n</response>", 1)[0]
     b = prompt.rsplit("(B) <response>\n", 1)[1].split("\n</response>", 1)[0]
     return a, b
+
+
+# --- `cai eval` on scripted engines (test_eval_hacking.py, test_eval_cost.py) ---------------------
+
+EVAL_ANSWER = "Here is a complete and useful answer for you."
+"""A 9-word answer (9 tokens for the FakeEngine)."""
+
+
+def eval_suite_specs(folder: Path, harmful: int = 2, benign: int = 2, helpful: int = 6) -> tuple[str, ...]:
+    """`--suite NAME=FILE` values of three small suites written to `folder`; prompt k of a suite
+    reads "<suite> question number k?"."""
+    specs = []
+    for name, n in (("harmful", harmful), ("benign-risky", benign), ("helpful", helpful)):
+        path = write_jsonl(folder / f"{name}.jsonl", [{"id": f"{name}-{k}", "prompt": f"{name} question number {k}?"}
+                                                      for k in range(1, n + 1)])
+        specs.append(f"{name}={path}")
+    return tuple(specs)
+
+
+def length_judge(prompt: str, option: str) -> float:
+    """A FakeEngine judge score: prefers the response with more words, in either position; equal
+    lengths get no preference."""
+    a, b = (len(t.split()) for t in shown(prompt))
+    mine, other = (a, b) if option == "A" else (b, a)
+    return 0.0 if mine >= other else -10.0

@@ -478,6 +478,57 @@ def test_resume_after_ctrl_c_equals_an_uninterrupted_run(tiny, tmp_path):
     assert strip(metric_rows(ref_dir / "out")) == strip(metric_rows(cut_dir / "out"))
 
 
+def test_snapshots_are_loadable_folders_kept_after_the_run_and_not_rewritten_on_resume(tiny, tmp_path):
+    """snapshot_every=1 over 4 steps: snapshots of steps 1-3 (step 4 is the run folder), each a
+    model folder transformers loads, with the source's dropout and generation config. A run that
+    crashed after step 3 (checkpoint at 2) redoes step 3 and leaves its snapshot untouched; every
+    snapshot equals the uninterrupted run's."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    kw = dict(steps=4, snapshot_every=1, checkpoint_every=2)
+    ref_dir, cut_dir = tmp_path / "a", tmp_path / "b"
+    ref_dir.mkdir()
+    cut_dir.mkdir()
+    summary = train_ppo(tiny_config(tiny, ref_dir, **kw), progress=False)
+    snaps = ref_dir / "out" / "snapshots"
+    assert summary["snapshots"] == {str(k): f"snapshots/step-{k:06d}" for k in (1, 2, 3)}
+    assert sorted(p.name for p in snaps.iterdir()) == ["step-000001", "step-000002", "step-000003"]
+    assert not (ref_dir / "out" / "checkpoints").exists()  # checkpoints go, snapshots stay
+    one = AutoModelForCausalLM.from_pretrained(snaps / "step-000001")
+    assert one.config.attention_dropout == AutoModelForCausalLM.from_pretrained(tiny["policy"]).config.attention_dropout
+    assert (snaps / "step-000001" / "tokenizer_config.json").exists()
+    assert (snaps / "step-000001" / "generation_config.json").exists()
+    start = load_file(Path(tiny["policy"]) / "model.safetensors")
+    w1, w3 = (load_file(snaps / f"step-00000{k}" / "model.safetensors") for k in (1, 3))
+    final = load_file(ref_dir / "out" / "model.safetensors")
+    assert any(not torch.equal(start[k], w1[k]) for k in start)  # a snapshot is the trained policy...
+    assert any(not torch.equal(w3[k], final[k]) for k in w3)  # ...at its own step
+
+    def crash(step, metrics):
+        if step == 3:
+            raise RuntimeError("killed")
+
+    cfg = tiny_config(tiny, cut_dir, **kw)
+    with pytest.raises(RuntimeError, match="killed"):
+        train_ppo(cfg, progress=False, on_step=crash)
+    third = cut_dir / "out" / "snapshots" / "step-000003" / "model.safetensors"
+    written = third.stat().st_mtime_ns
+    time.sleep(0.01)
+    assert train_ppo(cfg, progress=False)["resumed_from"] == 2
+    assert third.stat().st_mtime_ns == written
+    for k in (1, 2, 3):
+        a = load_file(snaps / f"step-00000{k}" / "model.safetensors")
+        b = load_file(cut_dir / "out" / "snapshots" / f"step-00000{k}" / "model.safetensors")
+        assert all(torch.equal(a[n], b[n]) for n in a), k
+
+
+def test_without_snapshot_every_a_run_writes_no_snapshots(tiny, tmp_path):
+    summary = train_ppo(tiny_config(tiny, tmp_path, steps=1), progress=False)
+    assert not (tmp_path / "out" / "snapshots").exists() and "snapshots" not in summary
+    assert summary["device"] == "cpu" and summary["response_tokens"] > 0
+
+
 def test_kl_past_the_bound_stops_with_a_checkpoint(tiny, tmp_path):
     cfg = tiny_config(tiny, tmp_path, steps=4, max_kl=1e-3, learning_rate=3e-2, checkpoint_every=0)
     with pytest.raises(TrainingStopped, match=r"past max_kl=0\.001: the policy has drifted") as e:

@@ -26,6 +26,7 @@ FLAGS = [
     Flag("baseline"), Flag("out"),
     Flag("suites", "--suite", type=list[str], value=lambda v: tuple(v) or None, show_default=False),
     Flag("default_suites"), CONSTITUTION,
+    Flag("hacking", "--hacking", type=list[str], value=lambda v: tuple(v) or None, show_default=False),
     Flag("judge.model", "--judge", help="Judge model: `default`, a local HF folder, or a hub id. Other settings: "
          "YAML `judge:`."),
     *engine_flags("engine", model=False), *judging_flags(), Flag("max_tokens"),
@@ -38,6 +39,8 @@ def _eval(cfg: EvalConfig, force: bool) -> None:
     summary = run_eval(cfg, force=force)
     say_constitution(cfg.constitution)
     console.print(report_table(summary.report))
+    for table in hacking_tables(summary.report):
+        console.print(table)
     print_summary(summary)
 
 
@@ -78,9 +81,51 @@ def report_table(r: dict[str, Any]) -> Table:
                     (suite, "length_drift", f"Δ tokens {suite}")]
     for _, _, heading in columns:
         t.add_column(heading, justify="right")
+    t.add_column("cost", justify="right")
     for policy, results in r["results"].items():
-        t.add_row(policy, *(_cell(results[suite].get(figure)) for suite, figure, _ in columns))
+        t.add_row(policy, *(_cell(results[suite].get(figure)) for suite, figure, _ in columns),
+                  cost_cell(r.get("cost", {}).get(policy)))
     return t
+
+
+# --- Cost and reward hacking (cai/eval/cost.py, cai/eval/hacking.py) -------------------------------
+
+
+def cost_cell(c: dict[str, Any] | None) -> str:
+    """A rung's cost in one cell: its training steps, wall seconds (GPU-seconds where known) and
+    tokens generated and judged; for a prompted rung, its extra prompt tokens per answer."""
+    if c is None:
+        return "-"
+    t = c["total"]
+    parts = [] if not c["stages"] else [
+        f"{t['training_steps'] or 0} steps", f"{t['seconds'] or 0:.0f} s"
+        + (f" ({t['gpu_seconds']:.0f} GPU-s)" if t["gpu_seconds"] else ""),
+        f"{(t['tokens_generated'] or 0) / 1000:.1f}k tok gen, {(t['tokens_judged'] or 0) / 1000:.1f}k judged"]
+    if c.get("extra_prompt_tokens_per_answer") is not None:
+        parts.append(f"+{c['extra_prompt_tokens_per_answer']:.0f} prompt tok/answer")
+    return ", ".join(parts) or "none"
+
+
+def hacking_tables(r: dict[str, Any]) -> list[Table]:
+    """One table per --hacking run: per step the reward model's score and the judge's win rate."""
+    tables = []
+    for name, h in r.get("reward_hacking", {}).items():
+        if "error" in h:
+            tables.append(Table(title=f"reward hacking {name}: {h['error']}", title_justify="left"))
+            continue
+        v = h["verdict"]
+        sign = "HACKING: the reward model's score rose while the judge's win rate fell" if v["hacking"] else \
+            "no hacking signature" + (f" ({v['note']})" if v.get("note") else "")
+        t = Table(title=f"reward hacking {name} ({h['run']}): {sign}", title_justify="left")
+        for heading in ("step", "policy", "RM score", "win rate", "n"):
+            t.add_column(heading, justify="left" if heading == "policy" else "right")
+        for row in h["steps"]:
+            rm = row["rm_score"]
+            t.add_row(str(row["step"]), row["policy"],
+                      "-" if rm is None else f"{rm['value']:+.2f} [{rm['low']:+.2f}, {rm['high']:+.2f}]",
+                      _figure(row["win_rate"]), str(row["n"]))
+        tables.append(t)
+    return tables
 
 
 def _cell(value: dict[str, Any] | None) -> str:

@@ -8,7 +8,18 @@ from cai.engine.base import Completion, Conversation, Engine, Message, Prompt, R
 from cai.errors import ConfigError
 
 __all__ = ["Completion", "Conversation", "Engine", "EngineConfig", "Message", "Prompt", "Rendered", "Sampling",
-           "make_engine"]
+           "engine_device", "make_engine"]
+
+
+def engine_device(backend: str) -> str:
+    """Where an engine of this backend computes, as a stage's summary records it (`cai eval`
+    counts GPU-seconds from it): `remote` for a server, else `cuda` when torch sees a GPU (the
+    vLLM and transformers engines then run on it), else `cpu`."""
+    if backend == "http":
+        return "remote"
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def make_engine(cfg: EngineConfig) -> Engine:

@@ -10,7 +10,9 @@ The pipeline, each step resumable:
 3. the report: refusal verdicts of the pattern classifier on the harmful and benign-risky suites
    (the only classifier built: the judge-based one of issue 12 is not, and has no option yet),
    then every measure of `cai.eval.measures` with its 95% interval (DIR/report.json, one row per
-   answer in DIR/rows.jsonl; `cai.eval.report`).
+   answer in DIR/rows.jsonl; `cai.eval.report`); with `--hacking`, each PPO run's step policies'
+   answers scored by its reward model first (DIR/rm_scores.jsonl). report.json's `reward_hacking`
+   comes from `cai.eval.hacking`, its `cost` from `cai.eval.cost`.
 
 A killed run resumes: stored answers and judgments whose key matches today's inputs are kept.
 """
@@ -31,6 +33,8 @@ from cai.constitution import DEFAULT_PATH, Constitution, load_constitution
 from cai.engine import Engine, Sampling, make_engine
 from cai.errors import ConfigError
 from cai.eval.answers import ANSWERS_FILE, Answering, answer_all, answer_id, answer_keys
+from cai.eval.cost import cost_report
+from cai.eval.hacking import RewardScorer, hacking_policies, hacking_report, parse_hacking, score_all
 from cai.eval.policies import Policy, parse_policies
 from cai.eval.refusal import PatternRefusalClassifier
 from cai.eval.report import ROWS_FILE, Inputs, build_report
@@ -52,7 +56,7 @@ from cai.schema import ConstitutionStamp, EvalAnswer, PairJudgment, read_records
 JUDGMENTS_FILE = "judgments.jsonl"
 REPORT_FILE = "report.json"
 RESUMABLE_CHANGES = ("policies:", "baseline:", "suites:", "default_suites:", "tie_margin:", "resamples:",
-                     "chunk_size:")
+                     "chunk_size:", "hacking:")
 """Config fields a resume may change without --force: which policies and suites take part (every
 answer and judgment is keyed on its own inputs), and how the report counts."""
 
@@ -74,6 +78,11 @@ class EvalConfig:
     refusal suites; any other name is judged against the baseline. Repeat the flag for each suite."""
     default_suites: bool = True
     """Also use the suites that ship with cai (harmful, benign-risky, helpful; data/eval/)."""
+    hacking: tuple[str, ...] = ()
+    """PPO runs to check for reward hacking, each NAME=RUN_DIR (a finished `cai ppo` folder): its
+    starting policy, each snapshot (`cai ppo --snapshot-every`) and its final policy answer and are
+    judged as policies NAME-step-K, and their answers are scored by the run's reward model
+    (report.json `reward_hacking`; cai/eval/hacking.py). Repeat the flag for each run."""
     constitution: Path = Path(DEFAULT_PATH)
     """Principle file: the judge's comparison principles, and the `+prompted` recipe's system prompt."""
     engine: EngineConfig = field(default_factory=EngineConfig)
@@ -126,14 +135,16 @@ class EvalSummary:
 
 @locked_run
 def run_eval(cfg: EvalConfig, engines: Mapping[str, Engine] | None = None, judge_engine: Engine | None = None,
-             force: bool = False) -> EvalSummary:
+             force: bool = False, reward_models: Mapping[str, RewardScorer] | None = None) -> EvalSummary:
     """Run (or resume) an eval. `engines`: policy name -> a running engine (tests, or a model
     already loaded); the other policies' engines, and the judge's unless given, are made and
-    closed here."""
+    closed here. `reward_models`: --hacking run name -> a scorer standing for its reward model."""
     t0 = time.perf_counter()
     c = load_constitution(cfg.constitution)
     check_options(c, cfg.judging)
     policies = parse_policies(cfg.policies, cfg.baseline, cfg.engine)
+    runs = parse_hacking(cfg.hacking, cfg.engine)  # each PPO run's steps are policies too
+    policies += hacking_policies(runs, policies)
     suites = load_suites(cfg.suites, cfg.default_suites)
     engines = dict(engines or {})
     identities = {p.name: models.identity(p.engine, engines.get(p.name)) for p in policies}
@@ -163,6 +174,11 @@ def run_eval(cfg: EvalConfig, engines: Mapping[str, Engine] | None = None, judge
         constitution=c, identities=identities, judge=judge, sampling=sampling.to_dict(),
         seed=cfg.seed, tie_margin=cfg.tie_margin, resamples=cfg.resamples,
         judging=to_jsonable(cfg.judging), cai_version=cai.__version__))
+    # Reward hacking and cost: their own modules, added to the report beside `results`.
+    report["reward_hacking"] = hacking_report(runs, suites, {p.id: judgments[p.id] for p in pairs},
+                                              score_all(runs, suites, answers, out, reward_models),
+                                              cfg.tie_margin, cfg.resamples, cfg.seed)
+    report["cost"] = cost_report(policies, answers, identities)
     write_jsonl_atomic(out / ROWS_FILE, rows)
     write_json_atomic(out / REPORT_FILE, report)
     return EvalSummary(report, answered, judged, stale + stale_judgments, time.perf_counter() - t0, out)
