@@ -60,8 +60,11 @@ def make_eval(root: Path, *, extras: bool = True) -> Path:
                      out=root / "eval", suites=tuple(suites), default_suites=False, max_tokens=16, resamples=50)
     run_eval(cfg, engines={k: FakeEngine(respond=_policy(k)) for k in ("base", "refuser", "long", "hostile")},
              judge_engine=FakeEngine(score=prefers_longer))
-    if extras:  # what `cai eval --hacking` and the cost tracing add to report.json (docs/eval.md)
-        report = json.loads((root / "eval" / "report.json").read_text())
+    report = json.loads((root / "eval" / "report.json").read_text())
+    if not extras:  # a report.json without the sections a reader must do without (an older cai eval's)
+        report.pop("cost", None)
+        report.pop("reward_hacking", None)
+    else:  # what `cai eval --hacking` and the cost tracing add to report.json (docs/eval.md)
         report["cost"] = {p: _cost(i) for i, p in enumerate(report["results"])}
         report["reward_hacking"] = {
             "ppo": {"run": "runs/ppo", "suites": ["helpful"], "reward_model": {"folder": "runs/rm", "fingerprint": "f"},
@@ -74,7 +77,7 @@ def make_eval(root: Path, *, extras: bool = True) -> Path:
                                 "rm_score_change": _estimate(2.1, 0.3), "win_rate_change": _estimate(-0.09, 0.05)}},
             "by-judge": {"run": "runs/ppo-judge", "suites": ["helpful"], "reward_model": None,
                          "error": "the run was trained on the judge's score (reward: judge): there is no reward model"}}
-        (root / "eval" / "report.json").write_text(json.dumps(report))
+    (root / "eval" / "report.json").write_text(json.dumps(report))
     return root / "eval"
 
 
