@@ -252,7 +252,8 @@ def win_rate_by_principle(comparisons: Sequence[Comparison], *, resamples: int =
 
 RIDGE = 1e-6
 """L2 penalty on both coefficients of the length GLM. Tiny: it changes no ordinary fit, and only
-keeps separable data (every prompt won) from driving the coefficients to infinity."""
+keeps separable data (every prompt won) from driving the coefficients to infinity. Where it would
+decide the reported value, `_check_identified` refuses the data instead."""
 
 
 @dataclass(frozen=True)
@@ -262,8 +263,9 @@ class LengthControlledWinRate:
     estimate: Estimate
     raw: float
     """The plain win rate of the same prompts, for comparison."""
-    intercept: float
-    """The GLM's intercept: logit of the length-controlled win rate."""
+    intercept: float | None
+    """The GLM's intercept: logit of the length-controlled win rate (None when lengths never differ
+    and every prompt was won, or every one lost: the logit is infinite, which JSON cannot hold)."""
     length_weight: float
     """The GLM's weight on tanh(length difference / length_scale): the judge's length preference."""
     length_scale: float
@@ -326,7 +328,8 @@ def length_controlled_win_rate(comparisons: Sequence[Comparison], *, resamples: 
     extrapolation of the fit and rests on the shape the GLM assumes; with a few dozen prompts
     the interval is wide. If all differences are zero there is nothing to control and the raw
     win rate is returned (weight 0). If every prompt differs by the same non-zero amount, length
-    and quality cannot be told apart: that is an error.
+    and quality cannot be told apart: that is an error. So is data that length separates
+    perfectly around 0 (`_check_identified`), where the ridge, not the prompts, would set the value.
     """
     scores = prompt_scores(comparisons)
     _need(len(scores), "a length-controlled win rate")
@@ -337,12 +340,13 @@ def length_controlled_win_rate(comparisons: Sequence[Comparison], *, resamples: 
         # No length difference anywhere: the length term has nothing to explain.
         wr = _win_rate_of(scores, resamples, seed)
         return LengthControlledWinRate(wr.estimate, raw, float(np.log(raw / (1 - raw))) if 0 < raw < 1
-                                       else math.copysign(math.inf, raw - 0.5), 0.0, 0.0)
+                                       else None, 0.0, 0.0)
     scale = float(delta.std(ddof=1)) if len(delta) > 1 else 0.0
     if scale == 0.0:
         raise InputError(f"every prompt's length difference is {delta[0]:+.0f} tokens: length and quality cannot "
                          "be told apart", fix="evaluate on more prompts, whose answers differ in length by "
                          "different amounts, or read the raw win rate")
+    _check_identified(delta, y)
     x = np.tanh(delta / scale)
     a, b = fit_length_glm(x[None, :], y[None, :], ridge)[0]
     idx = np.random.default_rng(seed).integers(0, len(y), size=(resamples, len(y)))
@@ -352,6 +356,34 @@ def length_controlled_win_rate(comparisons: Sequence[Comparison], *, resamples: 
     # the reported interval containing it.
     est = Estimate(value, min(low, value), max(high, value), len(y), _bootstrap_method(resamples, seed))
     return LengthControlledWinRate(est, raw, float(a), float(b), scale)
+
+
+def _check_identified(delta: np.ndarray, y: np.ndarray) -> None:
+    """Refuse data on which the value at zero length difference is set by the ridge, not the prompts.
+
+    With no graded score (every prompt won or lost outright) and every won prompt's length
+    difference above every lost one's (or below), a step at any point between the two groups
+    fits perfectly, so the unpenalized fit does not exist. When 0 lies in that gap, the steps
+    placed left and right of it predict opposite answers at zero, and the tiny ridge alone picks
+    one: a judge that prefers only length, on a few prompts, would get anything in (0, 1). (A gap
+    on one side of 0, or all prompts won, has a limit the data decide: 0 or 1.)"""
+    if ((y > 0) & (y < 1)).any():
+        return  # a graded score pins the curve at its length difference
+    won, lost = delta[y == 1], delta[y == 0]
+    if not len(won) or not len(lost):
+        return
+    if won.min() > lost.max():
+        low, high, side = lost.max(), won.min(), "above"
+    elif lost.min() > won.max():
+        low, high, side = won.max(), lost.min(), "below"
+    else:
+        return
+    if low <= 0 <= high:
+        raise InputError(f"every prompt was won or lost outright, and every won prompt's length difference lies {side} "
+                         f"every lost one's, none between {low:+.0f} and {high:+.0f} tokens: that gap holds 0, so the "
+                         "preference at equal length is not determined by these prompts",
+                         fix="evaluate on more prompts, or draw several principles per pair (--principles-per-pair) "
+                             "so that verdicts are graded; meanwhile read the raw win rate beside length_drift")
 
 
 # --- Refusals ------------------------------------------------------------------------------------
