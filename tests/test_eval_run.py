@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from cai.cli import app
 from cai.constitution import load_constitution
 from cai.engine.fake import FakeEngine
-from cai.errors import ConfigError, InputError
+from cai.errors import ConfigError, InputError, ResumeError
 from cai.eval import measures
 from cai.eval.policies import parse_policy, prompted_system_prompt
 from cai.eval.run import EvalConfig, run_eval
@@ -123,6 +123,7 @@ def test_the_report_holds_the_hand_computed_figures(tmp_path):
     assert drift["policy_mean_tokens"] == pytest.approx(69 / 6) and drift["baseline_mean_tokens"] == 9
     assert drift["policy_truncated"]["value"] == 0.5 and drift["baseline_truncated"]["value"] == 0.0
     assert long["truncated"]["value"] == 0.5 and long["mean_tokens"] == pytest.approx(69 / 6)
+    assert res["base"]["helpful"]["truncated"]["value"] == 0.0  # 9 words under a limit of 12
     # A judge that prefers only length. The mixed policy loses 2 prompts, ties 1 and wins 3: a raw
     # win rate of 3.5 / 6, all of it length; the length-controlled one takes it out (0.5).
     mix = res["mixed"]["helpful"]
@@ -131,6 +132,8 @@ def test_the_report_holds_the_hand_computed_figures(tmp_path):
     lc = mix["length_controlled_win_rate"]
     assert lc["raw"] == pytest.approx(3.5 / 6) and lc["estimate"]["value"] == pytest.approx(0.5, abs=0.01)
     assert lc["length_weight"] > 0
+    assert lc["estimate"]["method"] == "bootstrap over prompts (B=100, seed=0)"  # half of resamples=200
+    assert r["provenance"]["intervals"]["length_controlled_resamples"] == 100
     # Every refuser answer is 4 tokens shorter: length and quality cannot be told apart, and the
     # report says so instead of giving a number.
     assert "cannot be told apart" in res["refuser"]["helpful"]["length_controlled_win_rate"]["error"]
@@ -163,6 +166,9 @@ def test_rows_and_answers_say_what_each_answer_was(tmp_path):
     for a in answers:
         seeds.setdefault((a.suite, a.prompt_id), set()).add(a.provenance.seed)
     assert all(len(s) == 1 for s in seeds.values())
+    # Each judgment names the two answers it compared: the policy's (x) and the baseline's (y).
+    judged = list(read_jsonl(tmp_path / "eval" / "judgments.jsonl"))
+    assert judged and all((j["x_ref"], j["y_ref"]) == (j["id"], "base/" + j["id"].split("/", 1)[1]) for j in judged)
 
 
 def test_a_resumed_run_redoes_nothing_that_was_done(tmp_path):
@@ -206,6 +212,103 @@ def test_an_edited_suite_prompt_is_answered_and_judged_again(tmp_path):
     assert (again.answered, again.judged, again.stale) == (5, 4, 5 + 4)
     stored = [json.loads(x) for x in (tmp_path / "eval" / "answers.jsonl").read_text().splitlines()]
     assert {a["prompt"][0]["content"] for a in stored if a["prompt_id"] == "helpful-1"} == {"helpful query, number 1?"}
+
+
+def test_a_resume_that_changes_a_policys_recipe_answers_it_again(tmp_path):
+    judge = FakeEngine(score=prefers_longer)
+    run_eval(config(tmp_path, ("base=fake", "p=fake")),
+             engines={"base": FakeEngine(respond=base_answer), "p": FakeEngine(respond=prompted)}, judge_engine=judge)
+    again = run_eval(config(tmp_path, ("base=fake", "p=fake+prompted")),
+                     engines={"base": FakeEngine(respond=base_answer), "p": FakeEngine(respond=prompted)},
+                     judge_engine=judge)
+    assert (again.answered, again.judged) == (4 + 5 + 6, 6)  # the system prompt is in each answer's key
+    assert again.report["results"]["p"]["harmful"]["harmless_rate"]["value"] == 1.0
+
+
+def test_a_resume_that_points_a_served_policy_at_another_server_answers_it_again(tmp_path):
+    judge = FakeEngine(score=prefers_longer)
+    given = {"base": FakeEngine(respond=base_answer), "srv": FakeEngine(respond=longer)}
+    run_eval(config(tmp_path, ("base=fake", "srv=m@http://127.0.0.1:8001/v1")), engines=given, judge_engine=judge)
+    same = run_eval(config(tmp_path, ("base=fake", "srv=m@http://127.0.0.1:8001/v1")), engines=given,
+                    judge_engine=judge)
+    assert (same.answered, same.judged) == (0, 0)
+    # Another URL is another model (the identity knows only the local tokenizer): answered again.
+    moved = run_eval(config(tmp_path, ("base=fake", "srv=m@http://127.0.0.1:8002/v1")), engines=given,
+                     judge_engine=judge)
+    assert (moved.answered, moved.stale) == (4 + 5 + 6, 4 + 5 + 6)
+
+
+def test_a_resume_with_another_baseline_gives_the_report_of_a_fresh_run(tmp_path):
+    judge = FakeEngine(score=prefers_longer)
+    run_eval(config(tmp_path, LADDER), engines=engines(), judge_engine=judge)
+    cfg = config(tmp_path, LADDER)
+    resumed = run_eval(EvalConfig(**{**cfg.__dict__, "baseline": "long"}), engines=engines(), judge_engine=judge)
+    fresh = run_eval(EvalConfig(**{**cfg.__dict__, "baseline": "long", "out": tmp_path / "fresh"}),
+                     engines=engines(), judge_engine=judge)
+    assert resumed.answered == 0 and resumed.judged == fresh.judged == 4 * 6
+    assert resumed.report["results"] == fresh.report["results"] and resumed.report["baseline"] == "long"
+    assert resumed.report["results"]["base"]["helpful"]["win_rate"]["estimate"]["value"] == 0.0
+
+
+def test_a_resume_without_a_removed_policy_reports_only_the_others(tmp_path):
+    judge = FakeEngine(score=prefers_longer)
+    run_eval(config(tmp_path, LADDER), engines=engines(), judge_engine=judge)
+    fewer = run_eval(config(tmp_path, LADDER[:2]), engines=engines(), judge_engine=judge)
+    assert (fewer.answered, fewer.judged, fewer.stale) == (0, 0, 0)
+    assert set(fewer.report["results"]) == {"base", "refuser"}
+    assert {r["policy"] for r in read_jsonl(tmp_path / "eval" / "rows.jsonl")} == {"base", "refuser"}
+
+
+def test_a_changed_sampling_is_refused_on_resume_and_force_makes_every_answer_again(tmp_path):
+    judge = FakeEngine(score=prefers_longer)
+    run_eval(config(tmp_path, LADDER[:3]), engines=engines(), judge_engine=judge)
+    with pytest.raises(ResumeError, match="temperature: 0.7 -> 0.2"):
+        run_eval(config(tmp_path, LADDER[:3], temperature=0.2), engines=engines(), judge_engine=judge)
+    forced = run_eval(config(tmp_path, LADDER[:3], temperature=0.2), engines=engines(), judge_engine=judge,
+                      force=True)
+    # Every answer's key holds the sampling; the scripted answers came out the same, so their
+    # judgments (keyed on the texts) are kept.
+    assert (forced.answered, forced.judged) == (3 * (4 + 5 + 6), 0)
+
+
+def test_another_judge_judges_every_pair_again_and_answers_nothing(tmp_path):
+    run_eval(config(tmp_path, LADDER[:3]), engines=engines(), judge_engine=FakeEngine(score=prefers_longer))
+    other = run_eval(config(tmp_path, LADDER[:3]), engines=engines(),
+                     judge_engine=FakeEngine(score=prefers_longer, model_name="other-judge"))
+    assert (other.answered, other.judged, other.stale) == (0, 2 * 6, 2 * 6)
+    assert other.report["provenance"]["judge"]["model"] == "other-judge"
+
+
+def test_a_prompt_too_long_for_the_context_stops_the_run_before_any_answer(tmp_path):
+    # Two suites with the same prompt ids: the long prompt is in the first, a short one in the second.
+    long_file = write_jsonl(tmp_path / "long.jsonl", [{"id": "1", "prompt": "word " * 60}])
+    short_file = write_jsonl(tmp_path / "short.jsonl", [{"id": "1", "prompt": "a short question number 1?"}])
+    engine = FakeEngine(respond=base_answer, context=50)
+    cfg = EvalConfig(policies=("base=fake",), baseline="base", out=tmp_path / "eval", default_suites=False,
+                     suites=(f"long={long_file}", f"short={short_file}"), max_tokens=MAX_TOKENS)
+    with pytest.raises(InputError, match=r"policy 'base': 1 suite prompt\(s\) do not fit.*context of 50") as e:
+        run_eval(cfg, engines={"base": engine})
+    assert f"{long_file}:1" in str(e.value) and "record '1'" in str(e.value)
+    assert engine.calls == [] or all(kind != "generate" for kind, _ in engine.calls)
+
+
+def test_engines_made_for_the_policies_and_the_judge_are_closed(tmp_path, monkeypatch):
+    made: list[FakeEngine] = []
+
+    class Closing(FakeEngine):
+        closed = False
+
+        def close(self) -> None:
+            self.closed = True
+
+    def make(cfg):
+        made.append(Closing(respond=prompted, score=prefers_longer))
+        return made[-1]
+
+    monkeypatch.setattr("cai.eval.answers.make_engine", make)
+    monkeypatch.setattr("cai.eval.run.make_engine", make)
+    run_eval(config(tmp_path, ("base=default", "prompted=default+prompted")))
+    assert len(made) == 2 and all(e.closed for e in made)  # one for both policies (one model), one judge
 
 
 def test_the_prompted_recipe_renders_every_comparison_question_once():
