@@ -383,6 +383,32 @@ def test_a_missing_suite_file_names_the_flag_and_the_file(tmp_path):
     assert "--suite style=FILE" in e.value.fix
 
 
+@pytest.mark.parametrize("text, where, message, fix", [
+    ('{"id": "a", "prompt": "x"}\n{"id": "a", "prompt": "y"}\n', ":2, record 'a'", "duplicate id", "unique id"),
+    ('{"id": "a", "prompt": "x"}\n{"prompt": "  "}\n', ":2:", "empty prompt", "non-empty prompt"),
+    ('{"id": "a", "prompt": "x"}\n{"id": "b", "text": "y"}\n', ":2, record 'b'", "no 'prompt' column",
+     "give every row a 'prompt' field"),
+    ('{"id": "a", "text": "x"}\n', ": suite 'style'", "no row has a 'prompt' column",
+     "give every row a 'prompt' field"),
+    ('{"id": "a", "prompt": "x"}\n{"id": "b",\n', ":2:1: suite 'style'", "invalid JSON", "one JSON object"),
+    (b'{"id": "a", "prompt": "caf\xe9"}\n', ":1: suite 'style'", "not UTF-8", "save the file as UTF-8"),
+])
+def test_a_bad_suite_row_names_the_suite_its_line_and_a_fix_cai_eval_can_take(tmp_path, text, where, message, fix):
+    path = tmp_path / "style.jsonl"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    cfg = EvalConfig(policies=("base=fake",), baseline="base", out=tmp_path / "o", suites=(f"style={path}",))
+    with pytest.raises(InputError) as e:
+        run_eval(cfg, engines={"base": FakeEngine()})
+    assert str(e.value).startswith(f"{path}{where}") and message in e.value.message and "suite 'style'" in str(e.value)
+    assert fix in e.value.fix and "--prompt-column" not in e.value.fix  # `cai eval` has no such flag
+
+
+def test_a_folder_given_as_a_suite_is_named_as_one(tmp_path):
+    cfg = EvalConfig(policies=("base=fake",), baseline="base", out=tmp_path / "o", suites=(f"style={tmp_path}",))
+    with pytest.raises(InputError, match="is a folder, not a prompts file"):
+        run_eval(cfg, engines={"base": FakeEngine()})
+
+
 def test_a_suite_without_a_file_is_a_config_error(tmp_path):
     cfg = EvalConfig(policies=("base=fake",), baseline="base", out=tmp_path / "o", suites=("style",))
     with pytest.raises(ConfigError, match="--suite 'style' is not NAME=FILE"):
