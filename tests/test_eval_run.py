@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from cai.cli import app
 from cai.constitution import load_constitution
 from cai.engine.fake import FakeEngine
-from cai.errors import ConfigError, InputError, ResumeError
+from cai.errors import ConfigError, InputError, ModelNotFoundError, ResumeError
 from cai.eval import measures
 from cai.eval.policies import parse_policy, prompted_system_prompt
 from cai.eval.run import EvalConfig, run_eval
@@ -375,6 +375,21 @@ def test_a_policy_named_twice_is_refused(tmp_path):
         EvalConfig(policies=("base=default", "base=runs/sft"), baseline="base", out=tmp_path)
 
 
+def test_a_policy_whose_model_does_not_exist_names_its_flag(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = EvalConfig(policies=("base=fake", f"sft={tmp_path / 'runs' / 'nope'}"), baseline="base", out=tmp_path / "o",
+                     suites=suites(tmp_path), default_suites=False)
+    with pytest.raises(ModelNotFoundError, match=f"--policy sft={re.escape(str(tmp_path))}.*does not exist") as e:
+        run_eval(cfg, engines={"base": FakeEngine()})
+    assert "--policy sft=SPEC" in e.value.fix and "--model" not in e.value.fix  # `cai eval` has no --model
+
+
+@pytest.mark.parametrize("bad", [{"temperature": -0.5}, {"top_p": 0.0}, {"top_p": 1.5}])
+def test_bad_sampling_is_a_config_error_before_anything_is_written(bad, tmp_path):
+    with pytest.raises(ConfigError, match=r"temperature must be >= 0 and top_p in \(0, 1\]"):
+        EvalConfig(policies=("base=fake",), baseline="base", out=tmp_path / "o", **bad)
+
+
 def test_a_missing_suite_file_names_the_flag_and_the_file(tmp_path):
     cfg = EvalConfig(policies=("base=fake",), baseline="base", out=tmp_path / "o",
                      suites=(f"style={tmp_path / 'nope.jsonl'}",))
@@ -415,10 +430,14 @@ def test_a_suite_without_a_file_is_a_config_error(tmp_path):
         run_eval(cfg, engines={"base": FakeEngine()})
 
 
-def test_the_cli_prints_a_bad_spec_as_an_error(tmp_path):
-    r = CliRunner().invoke(app, ["eval", "--policy", "base", "--baseline", "base", "--out", str(tmp_path)])
-    assert r.exit_code != 0
-    assert "not NAME=SPEC" in str(r.exception) + r.output
+@pytest.mark.parametrize("args, message", [
+    (["--policy", "base"], "not NAME=SPEC"),
+    (["--policy", "base=default", "--temperature", "-1"], "temperature must be"),
+])
+def test_the_cli_stops_on_a_bad_flag_with_a_typed_error(tmp_path, args, message):
+    # A typed error is what the console script prints as one `Error:` line (no traceback).
+    r = CliRunner().invoke(app, ["eval", *args, "--baseline", "base", "--out", str(tmp_path)])
+    assert r.exit_code == 1 and isinstance(r.exception, ConfigError) and message in str(r.exception)
 
 
 def test_specs_set_the_model_and_for_a_url_the_http_backend():
@@ -430,6 +449,8 @@ def test_specs_set_the_model_and_for_a_url_the_http_backend():
     assert (served.engine.backend, served.engine.base_url, served.engine.model, served.recipe) == \
         ("http", "http://127.0.0.1:8000/v1", "default", "prompted")
     assert parse_policy("x=http://h:1/v1", base).engine.model == "default"
+    spaced = parse_policy("x=default + prompted", base)
+    assert (spaced.engine.model, spaced.recipe) == ("default", "prompted")  # not the model "default "
 
 
 def test_the_default_suites_ship_inside_the_package():

@@ -31,7 +31,7 @@ from cai.constitution import DEFAULT_PATH, Constitution, load_constitution
 from cai.engine import Engine, Sampling, make_engine
 from cai.errors import ConfigError
 from cai.eval.answers import ANSWERS_FILE, Answering, answer_all, answer_id, answer_keys
-from cai.eval.policies import Policy, parse_policies
+from cai.eval.policies import Policy, parse_policies, policy_identity
 from cai.eval.refusal import PatternRefusalClassifier
 from cai.eval.report import ROWS_FILE, Inputs, build_report
 from cai.eval.suites import Suite, load_suites
@@ -94,7 +94,7 @@ class EvalConfig:
     tie_margin: float = 0.05
     """A single-order verdict whose P(policy better) is within this of 0.5 is a tie (half a win)."""
     resamples: int = 2000
-    """Bootstrap resamples of the win-rate and length intervals (1000 for the length-controlled one)."""
+    """Bootstrap resamples of the win-rate and length intervals (half as many for the length-controlled one)."""
     chunk_size: int = 64
     """Prompts (or pairs) per engine call; each chunk is flushed to disk."""
 
@@ -103,6 +103,9 @@ class EvalConfig:
         if self.max_tokens < 1 or self.chunk_size < 1 or self.resamples < 1:
             raise ConfigError("max_tokens, chunk_size and resamples must be >= 1",
                               fix="e.g. --max-tokens 256 --chunk-size 64 --resamples 2000")
+        if self.temperature < 0 or not 0 < self.top_p <= 1:
+            raise ConfigError(f"temperature must be >= 0 and top_p in (0, 1], got {self.temperature} and {self.top_p}",
+                              fix="e.g. --temperature 0.7 --top-p 1.0 (temperature 0 is greedy)")
         if not 0 <= self.tie_margin < 0.5:
             raise ConfigError(f"tie_margin must be in [0, 0.5), got {self.tie_margin}",
                               fix="e.g. 0.05 (ties: 0.45 <= p <= 0.55), or 0 for hard verdicts only")
@@ -136,7 +139,7 @@ def run_eval(cfg: EvalConfig, engines: Mapping[str, Engine] | None = None, judge
     policies = parse_policies(cfg.policies, cfg.baseline, cfg.engine)
     suites = load_suites(cfg.suites, cfg.default_suites)
     engines = dict(engines or {})
-    identities = {p.name: models.identity(p.engine, engines.get(p.name)) for p in policies}
+    identities = {p.name: policy_identity(p, engines.get(p.name)) for p in policies}
     # The judge is resolved only where something is judged (a second policy and a judged suite).
     needs_judge = len(policies) > 1 and any(s.kind == "judged" for s in suites)
     judge = models.identity(resolve_judge_engine(cfg.judge), judge_engine, context=True) if needs_judge else None
