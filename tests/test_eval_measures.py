@@ -264,8 +264,8 @@ def hard_length_judge(deltas: list[int]) -> list[Comparison]:
 @pytest.mark.parametrize("deltas", [[-40, -30, -5, 10, 60, 80, 150, 200], [-40, -30, -10, 5, 60, 80, 150, 200]])
 def test_wins_that_length_alone_separates_around_zero_are_refused_not_given_a_number(deltas):
     # The same raw win rate (5/8) under a judge that prefers only length; the truth at equal length
-    # is 0.5. The ridge-held fit said 0.07 for the first and 0.92 for the second: where the nearest
-    # loss sits (-5 or -10 tokens) decided it, not the data.
+    # is 0.5. The ridge-held fit said 0.07 for the first and 0.92 for the second: where the gap
+    # between the losses and the wins sits, (-5, +10) or (-10, +5) tokens, decided it, not the data.
     with pytest.raises(InputError, match=r"won or lost outright.*between -\d+ and \+\d+ tokens.*not determined") as e:
         length_controlled_win_rate(hard_length_judge(deltas))
     assert "--principles-per-pair" in e.value.fix
