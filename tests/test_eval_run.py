@@ -225,6 +225,20 @@ def test_a_resume_that_changes_a_policys_recipe_answers_it_again(tmp_path):
     assert again.report["results"]["p"]["harmful"]["harmless_rate"]["value"] == 1.0
 
 
+def test_a_retrained_model_in_the_same_folder_answers_again(tmp_path):
+    judge = FakeEngine(score=prefers_longer)
+
+    def ladder(fingerprint: str) -> dict[str, FakeEngine]:
+        given = engines()
+        given["long"].fingerprint = fingerprint  # what make_engine sets from the model folder's files
+        return given
+
+    run_eval(config(tmp_path, LADDER), engines=ladder("weights-1"), judge_engine=judge)
+    again = run_eval(config(tmp_path, LADDER), engines=ladder("weights-2"), judge_engine=judge)
+    # Only that policy answers again; its (scripted, unchanged) texts keep their judgments.
+    assert (again.answered, again.judged, again.stale) == (4 + 5 + 6, 0, 4 + 5 + 6)
+
+
 def test_a_resume_that_points_a_served_policy_at_another_server_answers_it_again(tmp_path):
     judge = FakeEngine(score=prefers_longer)
     given = {"base": FakeEngine(respond=base_answer), "srv": FakeEngine(respond=longer)}

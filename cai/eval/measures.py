@@ -267,7 +267,9 @@ class LengthControlledWinRate:
     """The GLM's intercept: logit of the length-controlled win rate (None when lengths never differ
     and every prompt was won, or every one lost: the logit is infinite, which JSON cannot hold)."""
     length_weight: float
-    """The GLM's weight on tanh(length difference / length_scale): the judge's length preference."""
+    """The GLM's weight on tanh(length difference / length_scale): the judge's length preference,
+    positive when it prefers the longer answer (AlpacaEval's feature is baseline minus model
+    length, so its weight has the opposite sign)."""
     length_scale: float
     """The standard deviation of the per-prompt length difference in tokens (0: no differences)."""
 
