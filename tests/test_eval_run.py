@@ -3,6 +3,8 @@ after a crash, bad inputs; and one small run on the real engine."""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import re
 
@@ -15,7 +17,7 @@ from cai.constitution import load_constitution
 from cai.engine.fake import FakeEngine
 from cai.errors import ConfigError, InputError, ModelNotFoundError, ResumeError
 from cai.eval import measures
-from cai.eval.policies import parse_policy, prompted_system_prompt
+from cai.eval.policies import parse_policy, prompted_system_prompt, with_system
 from cai.eval.run import EvalConfig, run_eval
 from cai.records import read_jsonl
 from cai.schema import EvalAnswer
@@ -210,6 +212,8 @@ def test_an_edited_suite_prompt_is_answered_and_judged_again(tmp_path):
     again = run_eval(cfg, engines=engines(), judge_engine=judge)
     # 5 policies answer the edited prompt again; 4 of them are judged on it against the baseline.
     assert (again.answered, again.judged, again.stale) == (5, 4, 5 + 4)
+    digest = hashlib.sha256(helpful.read_bytes()).hexdigest()[:16]  # the suite file's bytes as they are now
+    assert again.report["provenance"]["suites"]["helpful"]["hash"] == digest
     stored = [json.loads(x) for x in (tmp_path / "eval" / "answers.jsonl").read_text().splitlines()]
     assert {a["prompt"][0]["content"] for a in stored if a["prompt_id"] == "helpful-1"} == {"helpful query, number 1?"}
 
@@ -331,6 +335,16 @@ def test_the_prompted_recipe_renders_every_comparison_question_once():
     assert text.startswith(c.description.strip())
     for p in c.principles:
         assert text.count(f"- {p.compare.strip()}") == 1
+    # Two principles asking the same question: it is rendered once.
+    twice = dataclasses.replace(c, principles=(*c.principles, dataclasses.replace(c.principles[0], id="again")))
+    assert prompted_system_prompt(twice) == text
+
+
+def test_a_suite_prompt_with_its_own_system_turn_gets_the_recipe_first_in_one_turn():
+    conversation = [{"role": "system", "content": "Answer in French."}, {"role": "user", "content": "Hi"}]
+    assert with_system(conversation, "Be kind.") == [{"role": "system", "content": "Be kind.\n\nAnswer in French."},
+                                                    {"role": "user", "content": "Hi"}]
+    assert with_system(conversation, "") == conversation
 
 
 def test_a_given_suite_replaces_the_packaged_one_of_its_name_and_adds_the_others(tmp_path):
@@ -342,6 +356,10 @@ def test_a_given_suite_replaces_the_packaged_one_of_its_name_and_adds_the_others
     assert list(suite_files((f"style={tmp_path / 'style.jsonl'}",), False)) == ["style"]
     with pytest.raises(ConfigError, match="no suite to evaluate on"):
         suite_files((), False)
+    with pytest.raises(ConfigError, match="the name 'a/b' may not hold '/'"):
+        suite_files(("a/b=x.jsonl",), False)
+    with pytest.raises(ConfigError, match="--suite 'style' is given twice"):
+        suite_files(("style=a.jsonl", "style=b.jsonl"), False)
 
 
 def test_the_cli_writes_the_report_and_prints_the_table(tmp_path, monkeypatch):
