@@ -95,6 +95,17 @@ def test_all_ties_give_exactly_half_with_a_zero_width_interval_not_nan():
     assert (e.value, e.low, e.high) == (0.5, 0.5, 0.5)
 
 
+def test_every_prompt_won_outright_gets_wilsons_interval_not_a_point():
+    # The bootstrap of six 1.0 scores is [1, 1]; six wins in six are not that certain.
+    wr = win_rate([c for i in range(6) for c in both_orders(f"p{i}", 1.0, 1.0)])
+    assert wr.estimate == wilson(6, 6) and 0.55 < wr.estimate.low < 0.65 and wr.estimate.high == 1.0
+    lost = win_rate([c for i in range(6) for c in both_orders(f"p{i}", 0.0, 0.0)])
+    assert lost.estimate == wilson(0, 6)
+    # One prompt short of that, the bootstrap stands.
+    almost = win_rate([c for i in range(6) for c in both_orders(f"p{i}", 1.0, float(i > 0))])
+    assert almost.estimate.method.startswith("bootstrap") and almost.estimate.low < 1.0
+
+
 def test_no_comparisons_is_a_clear_error():
     with pytest.raises(InputError, match="a win rate: needs at least 1"):
         win_rate([])
@@ -266,7 +277,8 @@ def test_wins_that_length_alone_separates_around_zero_are_refused_not_given_a_nu
     # The same raw win rate (5/8) under a judge that prefers only length; the truth at equal length
     # is 0.5. The ridge-held fit said 0.07 for the first and 0.92 for the second: where the gap
     # between the losses and the wins sits, (-5, +10) or (-10, +5) tokens, decided it, not the data.
-    with pytest.raises(InputError, match=r"won or lost outright.*between -\d+ and \+\d+ tokens.*not determined") as e:
+    with pytest.raises(InputError, match=r"won or lost outright.*gap between them \(-\d+ to \+\d+ tokens\) holds 0.*"
+                                         r"not determined") as e:
         length_controlled_win_rate(hard_length_judge(deltas))
     assert "--principles-per-pair" in e.value.fix
 
@@ -279,8 +291,21 @@ def test_separation_away_from_zero_or_with_a_graded_score_still_gives_a_number()
     # A tie at zero pins the curve there: 0.5 (as in the report test's mixed policy).
     pinned = hard_length_judge([-40, -30, -5, 10, 60, 80]) + both_orders("tie", 0.5, 0.5, 100, 100)
     assert length_controlled_win_rate(pinned).estimate.value == pytest.approx(0.5, abs=1e-3)
-    # Every prompt won: the value is the raw win rate's limit, 1.
-    assert length_controlled_win_rate(hard_length_judge([5, 10, 60, 90])).estimate.value > 0.99
+    # Every prompt won, shorter on some and longer on others: length cannot explain it; the raw
+    # win rate stands, with its interval (Wilson: every prompt won outright).
+    won = [c for i, d in enumerate([-30, -5, 10, 60]) for c in both_orders(f"p{i}", 1.0, 1.0, 100 + d, 100)]
+    lc = length_controlled_win_rate(won)
+    assert (lc.estimate, lc.length_weight, lc.intercept) == (wilson(4, 4), 0.0, None)
+
+
+def test_every_prompt_won_with_the_policy_longer_on_each_is_refused():
+    # The flagship case of the measure: a judge that prefers only length gives exactly these
+    # verdicts, so nothing in them says how the policy would fare at equal length.
+    with pytest.raises(InputError, match=r"every prompt was won outright, each with the policy's answer longer"):
+        length_controlled_win_rate(hard_length_judge([5, 10, 60, 90]))
+    with pytest.raises(InputError, match=r"every prompt was lost outright, each with the policy's answer shorter"):
+        length_controlled_win_rate([c for i, d in enumerate([-5, -40])
+                                    for c in both_orders(f"p{i}", 0.0, 0.0, 100 + d, 100)])
 
 
 def test_equal_lengths_and_every_prompt_won_give_a_report_json_can_hold():

@@ -112,6 +112,10 @@ def test_the_report_holds_the_hand_computed_figures(tmp_path):
     long = res["long"]["helpful"]
     assert long["win_rate"]["estimate"]["value"] == 1.0 and long["win_rate"]["wins"] == 6
     assert long["win_rate"]["estimate"]["n"] == 6 and long["win_rate"]["orders_agree"] == 1.0
+    assert long["win_rate"]["estimate"] == json.loads(json.dumps(measures.wilson(6, 6).__dict__))  # not [1, 1]
+    # Longer on every prompt and won every one: exactly what a judge that prefers only length
+    # gives, so the report refuses a length-controlled figure.
+    assert "each with the policy's answer longer" in long["length_controlled_win_rate"]["error"]
     assert sum(w["estimate"]["n"] for w in long["win_rate_by_principle"].values()) == 6
     for name in ("refuser", "prompted"):
         assert res[name]["helpful"]["win_rate"]["estimate"]["value"] == 0.0
