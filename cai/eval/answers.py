@@ -4,9 +4,10 @@
 Seeds: an answer's seed derives from the run seed, the suite and the prompt id, not from the
 policy, so every policy samples a prompt with the same seed (common random numbers: the
 comparison of two policies is not blurred by two different draws). Keys: the conversation as
-the policy saw it (system prompt included), the model (`cai.models.key_identity`), the sampling
-and the seed; a stored answer whose key differs from today's (an edited prompt, another model in
-the same folder, another recipe text) is answered again.
+the policy saw it (system prompt included), the model (`cai.models.key_identity`; for a served
+model also its URL and served name), the sampling and the seed; a stored answer whose key differs
+from today's (an edited prompt, another model in the same folder, another recipe text, another
+server) is answered again.
 """
 
 from __future__ import annotations
