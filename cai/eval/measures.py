@@ -275,8 +275,9 @@ class LengthControlledWinRate:
     raw: float
     """The plain win rate of the same prompts, for comparison."""
     intercept: float | None
-    """The GLM's intercept: logit of the length-controlled win rate (None when lengths never differ
-    and every prompt was won, or every one lost: the logit is infinite, which JSON cannot hold)."""
+    """The GLM's intercept: logit of the length-controlled win rate (None when every prompt was
+    won, or every one lost, and length explains none of it: the logit is infinite, which JSON
+    cannot hold)."""
     length_weight: float
     """The GLM's weight on tanh(length difference / length_scale): the judge's length preference,
     positive when it prefers the longer answer (AlpacaEval's feature is baseline minus model
