@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import random
 
@@ -93,6 +95,17 @@ def test_all_ties_give_exactly_half_with_a_zero_width_interval_not_nan():
     assert (e.value, e.low, e.high) == (0.5, 0.5, 0.5)
 
 
+def test_every_prompt_won_outright_gets_wilsons_interval_not_a_point():
+    # The bootstrap of six 1.0 scores is [1, 1]; six wins in six are not that certain.
+    wr = win_rate([c for i in range(6) for c in both_orders(f"p{i}", 1.0, 1.0)])
+    assert wr.estimate == wilson(6, 6) and 0.55 < wr.estimate.low < 0.65 and wr.estimate.high == 1.0
+    lost = win_rate([c for i in range(6) for c in both_orders(f"p{i}", 0.0, 0.0)])
+    assert lost.estimate == wilson(0, 6)
+    # One prompt short of that, the bootstrap stands.
+    almost = win_rate([c for i in range(6) for c in both_orders(f"p{i}", 1.0, float(i > 0))])
+    assert almost.estimate.method.startswith("bootstrap") and almost.estimate.low < 1.0
+
+
 def test_no_comparisons_is_a_clear_error():
     with pytest.raises(InputError, match="a win rate: needs at least 1"):
         win_rate([])
@@ -107,6 +120,8 @@ def test_a_credit_outside_0_1_is_refused(bad):
 def test_soft_credits_average_and_verdict_makes_them_hard():
     assert prompt_scores(both_orders("a", 0.9, 0.7))[0].score == pytest.approx(0.8)
     assert [verdict(p, 0.05) for p in (0.9, 0.54, 0.5, 0.46, 0.1)] == [1.0, 0.5, 0.5, 0.5, 0.0]
+    # The band includes its edges (exact binary fractions, so no float dust decides it).
+    assert [verdict(p, 0.25) for p in (0.75, 0.25, 0.7500001, 0.2499999)] == [0.5, 0.5, 1.0, 0.0]
 
 
 def test_per_principle_win_rates_use_only_that_principles_judgments():
@@ -156,6 +171,8 @@ def test_a_judges_record_becomes_both_orders_with_the_policy_on_either_side():
         (True, 0.9, "harm"), (False, pytest.approx(0.7), "harm"), (True, 0.6, "help"), (False, 0.8, "help")]
     assert prompt_scores(as_x)[0].score == pytest.approx(j.p)  # the same number the judge labels with
     as_y = comparisons_from_judgment("q", j, policy_is_x=False)
+    assert [(c.policy_first, c.credit) for c in as_y] == [  # y first: P(A) of the yx order; y second: 1 - P(A) of xy
+        (True, 0.3), (False, pytest.approx(0.1)), (True, 0.2), (False, pytest.approx(0.4))]
     assert prompt_scores(as_y)[0].score == pytest.approx(1 - j.p)
     hard = comparisons_from_judgment("q", j, policy_is_x=True, tie_margin=0.15)
     assert [c.credit for c in hard] == [1.0, 1.0, 0.5, 1.0]
@@ -250,6 +267,67 @@ def test_one_length_difference_for_every_prompt_cannot_be_controlled():
         length_controlled_win_rate([])
 
 
+def hard_length_judge(deltas: list[int]) -> list[Comparison]:
+    """A judge that always prefers the longer answer, in both orders: won where longer, lost where shorter."""
+    return [c for i, d in enumerate(deltas) for c in both_orders(f"p{i}", float(d > 0), float(d > 0), 100 + d, 100)]
+
+
+@pytest.mark.parametrize("deltas", [[-40, -30, -5, 10, 60, 80, 150, 200], [-40, -30, -10, 5, 60, 80, 150, 200]])
+def test_wins_that_length_alone_separates_around_zero_are_refused_not_given_a_number(deltas):
+    # The same raw win rate (5/8) under a judge that prefers only length; the truth at equal length
+    # is 0.5. The ridge-held fit said 0.07 for the first and 0.92 for the second: where the gap
+    # between the losses and the wins sits, (-5, +10) or (-10, +5) tokens, decided it, not the data.
+    with pytest.raises(InputError, match=r"won or lost outright.*gap between them \(-\d+ to \+\d+ tokens\) holds 0.*"
+                                         r"not determined") as e:
+        length_controlled_win_rate(hard_length_judge(deltas))
+    assert "--principles-per-pair" in e.value.fix
+
+
+def test_separation_away_from_zero_or_with_a_graded_score_still_gives_a_number():
+    # Lost at +20 and +30, won at +60 and +90: every curve that fits predicts a loss at zero.
+    away = [c for i, d in enumerate([20, 30, 60, 90]) for c in both_orders(f"p{i}", float(d > 50), float(d > 50),
+                                                                              100 + d, 100)]
+    assert length_controlled_win_rate(away).estimate.value < 0.01
+    # A tie at zero pins the curve there: 0.5 (as in the report test's mixed policy).
+    pinned = hard_length_judge([-40, -30, -5, 10, 60, 80]) + both_orders("tie", 0.5, 0.5, 100, 100)
+    assert length_controlled_win_rate(pinned).estimate.value == pytest.approx(0.5, abs=1e-3)
+    # Every prompt won, shorter on some and longer on others: length cannot explain it; the raw
+    # win rate stands, with its interval (Wilson: every prompt won outright).
+    won = [c for i, d in enumerate([-30, -5, 10, 60]) for c in both_orders(f"p{i}", 1.0, 1.0, 100 + d, 100)]
+    lc = length_controlled_win_rate(won)
+    assert (lc.estimate, lc.length_weight, lc.intercept) == (wilson(4, 4), 0.0, None)
+
+
+def test_every_prompt_won_with_the_policy_longer_on_each_is_refused():
+    # The flagship case of the measure: a judge that prefers only length gives exactly these
+    # verdicts, so nothing in them says how the policy would fare at equal length.
+    with pytest.raises(InputError, match=r"every prompt was won outright, each with the policy's answer longer"):
+        length_controlled_win_rate(hard_length_judge([5, 10, 60, 90]))
+    with pytest.raises(InputError, match=r"every prompt was lost outright, each with the policy's answer shorter"):
+        length_controlled_win_rate([c for i, d in enumerate([-5, -40])
+                                    for c in both_orders(f"p{i}", 0.0, 0.0, 100 + d, 100)])
+
+
+def test_equal_lengths_and_every_prompt_won_give_a_report_json_can_hold():
+    comps = [c for i in range(10) for c in both_orders(f"p{i}", 1.0, 1.0, 50, 50)]
+    lc = length_controlled_win_rate(comps)
+    assert lc.estimate.value == 1.0 and lc.intercept is None  # the logit is infinite
+    json.dumps(dataclasses.asdict(lc), allow_nan=False)  # no Infinity, which JSON.parse and jq reject
+
+
+def test_the_glm_fit_is_the_minimum_of_the_penalized_soft_log_loss():
+    # Equivalence with the objective it claims to minimize: the penalized gradient is zero there,
+    # on an ordinary fit, a separable one (where only the ridge keeps it finite) and soft labels.
+    rng = np.random.default_rng(11)
+    x = np.tanh(rng.normal(size=(3, 40)))
+    y = np.stack([(rng.random(40) < 1 / (1 + np.exp(-(0.3 + 2 * x[0])))).astype(float),
+                  (x[1] > 0.2).astype(float), rng.random(40)])
+    theta = fit_length_glm(x, y, ridge=1e-3)
+    p = 1 / (1 + np.exp(-(theta[:, :1] + theta[:, 1:] * x)))
+    grad = np.stack([(p - y).sum(1) + 1e-3 * theta[:, 0], ((p - y) * x).sum(1) + 1e-3 * theta[:, 1]], axis=1)
+    assert np.abs(grad).max() < 1e-8 and np.isfinite(theta).all()
+
+
 def test_the_glm_fit_stays_finite_when_every_prompt_is_won():
     x = np.linspace(-1, 1, 50)[None, :]
     theta = fit_length_glm(x, np.ones_like(x))
@@ -302,6 +380,15 @@ def test_length_drift_of_identical_lengths_is_zero_and_a_zero_baseline_has_no_ra
     d = length_drift([AnswerLengths("a", 0, 0), AnswerLengths("b", 0, 0)])
     assert (d.difference.value, d.difference.low, d.difference.high) == (0.0, 0.0, 0.0)
     assert d.ratio is None
+
+
+def test_the_bootstrap_interval_of_a_mean_is_as_wide_as_the_normal_one_on_a_large_sample():
+    # 400 prompts, 30% won: the 95% interval is about mean +- 1.96 * sd / sqrt(n) (0.0898 wide).
+    # A 90% interval would be 16% narrower, resampling half the prompts 41% wider.
+    values = [1.0] * 120 + [0.0] * 280
+    e = bootstrap_mean(values, resamples=8000, seed=1)
+    normal = 2 * 1.959964 * math.sqrt(0.3 * 0.7 / 400)
+    assert e.width == pytest.approx(normal, rel=0.06) and e.covers(0.3)
 
 
 def test_bootstrap_mean_refuses_zero_resamples():

@@ -3,6 +3,8 @@ after a crash, bad inputs; and one small run on the real engine."""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import re
 
@@ -13,9 +15,9 @@ from typer.testing import CliRunner
 from cai.cli import app
 from cai.constitution import load_constitution
 from cai.engine.fake import FakeEngine
-from cai.errors import ConfigError, InputError
+from cai.errors import ConfigError, InputError, ModelNotFoundError, ResumeError
 from cai.eval import measures
-from cai.eval.policies import parse_policy, prompted_system_prompt
+from cai.eval.policies import parse_policy, prompted_system_prompt, with_system
 from cai.eval.run import EvalConfig, run_eval
 from cai.records import read_jsonl
 from cai.schema import EvalAnswer
@@ -110,6 +112,10 @@ def test_the_report_holds_the_hand_computed_figures(tmp_path):
     long = res["long"]["helpful"]
     assert long["win_rate"]["estimate"]["value"] == 1.0 and long["win_rate"]["wins"] == 6
     assert long["win_rate"]["estimate"]["n"] == 6 and long["win_rate"]["orders_agree"] == 1.0
+    assert long["win_rate"]["estimate"] == json.loads(json.dumps(measures.wilson(6, 6).__dict__))  # not [1, 1]
+    # Longer on every prompt and won every one: exactly what a judge that prefers only length
+    # gives, so the report refuses a length-controlled figure.
+    assert "each with the policy's answer longer" in long["length_controlled_win_rate"]["error"]
     assert sum(w["estimate"]["n"] for w in long["win_rate_by_principle"].values()) == 6
     for name in ("refuser", "prompted"):
         assert res[name]["helpful"]["win_rate"]["estimate"]["value"] == 0.0
@@ -123,6 +129,7 @@ def test_the_report_holds_the_hand_computed_figures(tmp_path):
     assert drift["policy_mean_tokens"] == pytest.approx(69 / 6) and drift["baseline_mean_tokens"] == 9
     assert drift["policy_truncated"]["value"] == 0.5 and drift["baseline_truncated"]["value"] == 0.0
     assert long["truncated"]["value"] == 0.5 and long["mean_tokens"] == pytest.approx(69 / 6)
+    assert res["base"]["helpful"]["truncated"]["value"] == 0.0  # 9 words under a limit of 12
     # A judge that prefers only length. The mixed policy loses 2 prompts, ties 1 and wins 3: a raw
     # win rate of 3.5 / 6, all of it length; the length-controlled one takes it out (0.5).
     mix = res["mixed"]["helpful"]
@@ -131,6 +138,8 @@ def test_the_report_holds_the_hand_computed_figures(tmp_path):
     lc = mix["length_controlled_win_rate"]
     assert lc["raw"] == pytest.approx(3.5 / 6) and lc["estimate"]["value"] == pytest.approx(0.5, abs=0.01)
     assert lc["length_weight"] > 0
+    assert lc["estimate"]["method"] == "bootstrap over prompts (B=100, seed=0)"  # half of resamples=200
+    assert r["provenance"]["intervals"]["length_controlled_resamples"] == 100
     # Every refuser answer is 4 tokens shorter: length and quality cannot be told apart, and the
     # report says so instead of giving a number.
     assert "cannot be told apart" in res["refuser"]["helpful"]["length_controlled_win_rate"]["error"]
@@ -163,6 +172,9 @@ def test_rows_and_answers_say_what_each_answer_was(tmp_path):
     for a in answers:
         seeds.setdefault((a.suite, a.prompt_id), set()).add(a.provenance.seed)
     assert all(len(s) == 1 for s in seeds.values())
+    # Each judgment names the two answers it compared: the policy's (x) and the baseline's (y).
+    judged = list(read_jsonl(tmp_path / "eval" / "judgments.jsonl"))
+    assert judged and all((j["x_ref"], j["y_ref"]) == (j["id"], "base/" + j["id"].split("/", 1)[1]) for j in judged)
 
 
 def test_a_resumed_run_redoes_nothing_that_was_done(tmp_path):
@@ -204,8 +216,121 @@ def test_an_edited_suite_prompt_is_answered_and_judged_again(tmp_path):
     again = run_eval(cfg, engines=engines(), judge_engine=judge)
     # 5 policies answer the edited prompt again; 4 of them are judged on it against the baseline.
     assert (again.answered, again.judged, again.stale) == (5, 4, 5 + 4)
+    digest = hashlib.sha256(helpful.read_bytes()).hexdigest()[:16]  # the suite file's bytes as they are now
+    assert again.report["provenance"]["suites"]["helpful"]["hash"] == digest
     stored = [json.loads(x) for x in (tmp_path / "eval" / "answers.jsonl").read_text().splitlines()]
     assert {a["prompt"][0]["content"] for a in stored if a["prompt_id"] == "helpful-1"} == {"helpful query, number 1?"}
+
+
+def test_a_resume_that_changes_a_policys_recipe_answers_it_again(tmp_path):
+    judge = FakeEngine(score=prefers_longer)
+    run_eval(config(tmp_path, ("base=fake", "p=fake")),
+             engines={"base": FakeEngine(respond=base_answer), "p": FakeEngine(respond=prompted)}, judge_engine=judge)
+    again = run_eval(config(tmp_path, ("base=fake", "p=fake+prompted")),
+                     engines={"base": FakeEngine(respond=base_answer), "p": FakeEngine(respond=prompted)},
+                     judge_engine=judge)
+    assert (again.answered, again.judged) == (4 + 5 + 6, 6)  # the system prompt is in each answer's key
+    assert again.report["results"]["p"]["harmful"]["harmless_rate"]["value"] == 1.0
+
+
+def test_a_retrained_model_in_the_same_folder_answers_again(tmp_path):
+    judge = FakeEngine(score=prefers_longer)
+
+    def ladder(fingerprint: str) -> dict[str, FakeEngine]:
+        given = engines()
+        given["long"].fingerprint = fingerprint  # what make_engine sets from the model folder's files
+        return given
+
+    run_eval(config(tmp_path, LADDER), engines=ladder("weights-1"), judge_engine=judge)
+    again = run_eval(config(tmp_path, LADDER), engines=ladder("weights-2"), judge_engine=judge)
+    # Only that policy answers again; its (scripted, unchanged) texts keep their judgments.
+    assert (again.answered, again.judged, again.stale) == (4 + 5 + 6, 0, 4 + 5 + 6)
+
+
+def test_a_resume_that_points_a_served_policy_at_another_server_answers_it_again(tmp_path):
+    judge = FakeEngine(score=prefers_longer)
+    given = {"base": FakeEngine(respond=base_answer), "srv": FakeEngine(respond=longer)}
+    run_eval(config(tmp_path, ("base=fake", "srv=m@http://127.0.0.1:8001/v1")), engines=given, judge_engine=judge)
+    same = run_eval(config(tmp_path, ("base=fake", "srv=m@http://127.0.0.1:8001/v1")), engines=given,
+                    judge_engine=judge)
+    assert (same.answered, same.judged) == (0, 0)
+    # Another URL is another model (the identity knows only the local tokenizer): answered again.
+    moved = run_eval(config(tmp_path, ("base=fake", "srv=m@http://127.0.0.1:8002/v1")), engines=given,
+                     judge_engine=judge)
+    assert (moved.answered, moved.stale) == (4 + 5 + 6, 4 + 5 + 6)
+
+
+def test_a_resume_with_another_baseline_gives_the_report_of_a_fresh_run(tmp_path):
+    judge = FakeEngine(score=prefers_longer)
+    run_eval(config(tmp_path, LADDER), engines=engines(), judge_engine=judge)
+    cfg = config(tmp_path, LADDER)
+    resumed = run_eval(EvalConfig(**{**cfg.__dict__, "baseline": "long"}), engines=engines(), judge_engine=judge)
+    fresh = run_eval(EvalConfig(**{**cfg.__dict__, "baseline": "long", "out": tmp_path / "fresh"}),
+                     engines=engines(), judge_engine=judge)
+    assert resumed.answered == 0 and resumed.judged == fresh.judged == 4 * 6
+    assert resumed.report["results"] == fresh.report["results"] and resumed.report["baseline"] == "long"
+    assert resumed.report["results"]["base"]["helpful"]["win_rate"]["estimate"]["value"] == 0.0
+
+
+def test_a_resume_without_a_removed_policy_reports_only_the_others(tmp_path):
+    judge = FakeEngine(score=prefers_longer)
+    run_eval(config(tmp_path, LADDER), engines=engines(), judge_engine=judge)
+    fewer = run_eval(config(tmp_path, LADDER[:2]), engines=engines(), judge_engine=judge)
+    assert (fewer.answered, fewer.judged, fewer.stale) == (0, 0, 0)
+    assert set(fewer.report["results"]) == {"base", "refuser"}
+    assert {r["policy"] for r in read_jsonl(tmp_path / "eval" / "rows.jsonl")} == {"base", "refuser"}
+
+
+def test_a_changed_sampling_is_refused_on_resume_and_force_makes_every_answer_again(tmp_path):
+    judge = FakeEngine(score=prefers_longer)
+    run_eval(config(tmp_path, LADDER[:3]), engines=engines(), judge_engine=judge)
+    with pytest.raises(ResumeError, match="temperature: 0.7 -> 0.2"):
+        run_eval(config(tmp_path, LADDER[:3], temperature=0.2), engines=engines(), judge_engine=judge)
+    forced = run_eval(config(tmp_path, LADDER[:3], temperature=0.2), engines=engines(), judge_engine=judge,
+                      force=True)
+    # Every answer's key holds the sampling; the scripted answers came out the same, so their
+    # judgments (keyed on the texts) are kept.
+    assert (forced.answered, forced.judged) == (3 * (4 + 5 + 6), 0)
+
+
+def test_another_judge_judges_every_pair_again_and_answers_nothing(tmp_path):
+    run_eval(config(tmp_path, LADDER[:3]), engines=engines(), judge_engine=FakeEngine(score=prefers_longer))
+    other = run_eval(config(tmp_path, LADDER[:3]), engines=engines(),
+                     judge_engine=FakeEngine(score=prefers_longer, model_name="other-judge"))
+    assert (other.answered, other.judged, other.stale) == (0, 2 * 6, 2 * 6)
+    assert other.report["provenance"]["judge"]["model"] == "other-judge"
+
+
+def test_a_prompt_too_long_for_the_context_stops_the_run_before_any_answer(tmp_path):
+    # Two suites with the same prompt ids: the long prompt is in the first, a short one in the second.
+    long_file = write_jsonl(tmp_path / "long.jsonl", [{"id": "1", "prompt": "word " * 60}])
+    short_file = write_jsonl(tmp_path / "short.jsonl", [{"id": "1", "prompt": "a short question number 1?"}])
+    engine = FakeEngine(respond=base_answer, context=50)
+    cfg = EvalConfig(policies=("base=fake",), baseline="base", out=tmp_path / "eval", default_suites=False,
+                     suites=(f"long={long_file}", f"short={short_file}"), max_tokens=MAX_TOKENS)
+    with pytest.raises(InputError, match=r"policy 'base': 1 suite prompt\(s\) do not fit.*context of 50") as e:
+        run_eval(cfg, engines={"base": engine})
+    assert f"{long_file}:1" in str(e.value) and "record '1'" in str(e.value)
+    assert engine.calls == [] or all(kind != "generate" for kind, _ in engine.calls)
+
+
+def test_engines_made_for_the_policies_and_the_judge_are_closed(tmp_path, monkeypatch):
+    made: list[FakeEngine] = []
+
+    class Closing(FakeEngine):
+        closed = False
+
+        def close(self) -> None:
+            self.closed = True
+
+    def make(cfg):
+        made.append(Closing(respond=prompted, score=prefers_longer))
+        return made[-1]
+
+    monkeypatch.setattr("cai.eval.answers.make_engine", make)
+    monkeypatch.setattr("cai.eval.run.make_engine", make)
+    run_eval(config(tmp_path, ("base=default", "prompted=default+prompted")))
+    assert len(made) == 2 and all(e.closed for e in made)  # one for both policies (one model), one judge
 
 
 def test_the_prompted_recipe_renders_every_comparison_question_once():
@@ -214,6 +339,16 @@ def test_the_prompted_recipe_renders_every_comparison_question_once():
     assert text.startswith(c.description.strip())
     for p in c.principles:
         assert text.count(f"- {p.compare.strip()}") == 1
+    # Two principles asking the same question: it is rendered once.
+    twice = dataclasses.replace(c, principles=(*c.principles, dataclasses.replace(c.principles[0], id="again")))
+    assert prompted_system_prompt(twice) == text
+
+
+def test_a_suite_prompt_with_its_own_system_turn_gets_the_recipe_first_in_one_turn():
+    conversation = [{"role": "system", "content": "Answer in French."}, {"role": "user", "content": "Hi"}]
+    assert with_system(conversation, "Be kind.") == [{"role": "system", "content": "Be kind.\n\nAnswer in French."},
+                                                    {"role": "user", "content": "Hi"}]
+    assert with_system(conversation, "") == conversation
 
 
 def test_a_given_suite_replaces_the_packaged_one_of_its_name_and_adds_the_others(tmp_path):
@@ -225,6 +360,10 @@ def test_a_given_suite_replaces_the_packaged_one_of_its_name_and_adds_the_others
     assert list(suite_files((f"style={tmp_path / 'style.jsonl'}",), False)) == ["style"]
     with pytest.raises(ConfigError, match="no suite to evaluate on"):
         suite_files((), False)
+    with pytest.raises(ConfigError, match="the name 'a/b' may not hold '/'"):
+        suite_files(("a/b=x.jsonl",), False)
+    with pytest.raises(ConfigError, match="--suite 'style' is given twice"):
+        suite_files(("style=a.jsonl", "style=b.jsonl"), False)
 
 
 def test_the_cli_writes_the_report_and_prints_the_table(tmp_path, monkeypatch):
@@ -272,6 +411,21 @@ def test_a_policy_named_twice_is_refused(tmp_path):
         EvalConfig(policies=("base=default", "base=runs/sft"), baseline="base", out=tmp_path)
 
 
+def test_a_policy_whose_model_does_not_exist_names_its_flag(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = EvalConfig(policies=("base=fake", f"sft={tmp_path / 'runs' / 'nope'}"), baseline="base", out=tmp_path / "o",
+                     suites=suites(tmp_path), default_suites=False)
+    with pytest.raises(ModelNotFoundError, match=f"--policy sft={re.escape(str(tmp_path))}.*does not exist") as e:
+        run_eval(cfg, engines={"base": FakeEngine()})
+    assert "--policy sft=SPEC" in e.value.fix and "--model" not in e.value.fix  # `cai eval` has no --model
+
+
+@pytest.mark.parametrize("bad", [{"temperature": -0.5}, {"top_p": 0.0}, {"top_p": 1.5}])
+def test_bad_sampling_is_a_config_error_before_anything_is_written(bad, tmp_path):
+    with pytest.raises(ConfigError, match=r"temperature must be >= 0 and top_p in \(0, 1\]"):
+        EvalConfig(policies=("base=fake",), baseline="base", out=tmp_path / "o", **bad)
+
+
 def test_a_missing_suite_file_names_the_flag_and_the_file(tmp_path):
     cfg = EvalConfig(policies=("base=fake",), baseline="base", out=tmp_path / "o",
                      suites=(f"style={tmp_path / 'nope.jsonl'}",))
@@ -280,16 +434,46 @@ def test_a_missing_suite_file_names_the_flag_and_the_file(tmp_path):
     assert "--suite style=FILE" in e.value.fix
 
 
+@pytest.mark.parametrize("text, where, message, fix", [
+    ('{"id": "a", "prompt": "x"}\n{"id": "a", "prompt": "y"}\n', ":2, record 'a'", "duplicate id", "unique id"),
+    ('{"id": "a", "prompt": "x"}\n{"prompt": "  "}\n', ":2:", "empty prompt", "non-empty prompt"),
+    ('{"id": "a", "prompt": "x"}\n{"id": "b", "text": "y"}\n', ":2, record 'b'", "no 'prompt' column",
+     "give every row a 'prompt' field"),
+    ('{"id": "a", "text": "x"}\n', ": suite 'style'", "no row has a 'prompt' column",
+     "give every row a 'prompt' field"),
+    ('{"id": "a", "prompt": "x"}\n{"id": "b",\n', ":2:1: suite 'style'", "invalid JSON", "one JSON object"),
+    (b'{"id": "a", "prompt": "caf\xe9"}\n', ":1: suite 'style'", "not UTF-8", "save the file as UTF-8"),
+])
+def test_a_bad_suite_row_names_the_suite_its_line_and_a_fix_cai_eval_can_take(tmp_path, text, where, message, fix):
+    path = tmp_path / "style.jsonl"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    cfg = EvalConfig(policies=("base=fake",), baseline="base", out=tmp_path / "o", suites=(f"style={path}",))
+    with pytest.raises(InputError) as e:
+        run_eval(cfg, engines={"base": FakeEngine()})
+    assert str(e.value).startswith(f"{path}{where}") and message in e.value.message and "suite 'style'" in str(e.value)
+    assert fix in e.value.fix and "--prompt-column" not in e.value.fix  # `cai eval` has no such flag
+
+
+def test_a_folder_given_as_a_suite_is_named_as_one(tmp_path):
+    cfg = EvalConfig(policies=("base=fake",), baseline="base", out=tmp_path / "o", suites=(f"style={tmp_path}",))
+    with pytest.raises(InputError, match="is a folder, not a prompts file"):
+        run_eval(cfg, engines={"base": FakeEngine()})
+
+
 def test_a_suite_without_a_file_is_a_config_error(tmp_path):
     cfg = EvalConfig(policies=("base=fake",), baseline="base", out=tmp_path / "o", suites=("style",))
     with pytest.raises(ConfigError, match="--suite 'style' is not NAME=FILE"):
         run_eval(cfg, engines={"base": FakeEngine()})
 
 
-def test_the_cli_prints_a_bad_spec_as_an_error(tmp_path):
-    r = CliRunner().invoke(app, ["eval", "--policy", "base", "--baseline", "base", "--out", str(tmp_path)])
-    assert r.exit_code != 0
-    assert "not NAME=SPEC" in str(r.exception) + r.output
+@pytest.mark.parametrize("args, message", [
+    (["--policy", "base"], "not NAME=SPEC"),
+    (["--policy", "base=default", "--temperature", "-1"], "temperature must be"),
+])
+def test_the_cli_stops_on_a_bad_flag_with_a_typed_error(tmp_path, args, message):
+    # A typed error is what the console script prints as one `Error:` line (no traceback).
+    r = CliRunner().invoke(app, ["eval", *args, "--baseline", "base", "--out", str(tmp_path)])
+    assert r.exit_code == 1 and isinstance(r.exception, ConfigError) and message in str(r.exception)
 
 
 def test_specs_set_the_model_and_for_a_url_the_http_backend():
@@ -301,6 +485,8 @@ def test_specs_set_the_model_and_for_a_url_the_http_backend():
     assert (served.engine.backend, served.engine.base_url, served.engine.model, served.recipe) == \
         ("http", "http://127.0.0.1:8000/v1", "default", "prompted")
     assert parse_policy("x=http://h:1/v1", base).engine.model == "default"
+    spaced = parse_policy("x=default + prompted", base)
+    assert (spaced.engine.model, spaced.recipe) == ("default", "prompted")  # not the model "default "
 
 
 def test_the_default_suites_ship_inside_the_package():

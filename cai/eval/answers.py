@@ -4,9 +4,10 @@
 Seeds: an answer's seed derives from the run seed, the suite and the prompt id, not from the
 policy, so every policy samples a prompt with the same seed (common random numbers: the
 comparison of two policies is not blurred by two different draws). Keys: the conversation as
-the policy saw it (system prompt included), the model (`cai.models.key_identity`), the sampling
-and the seed; a stored answer whose key differs from today's (an edited prompt, another model in
-the same folder, another recipe text) is answered again.
+the policy saw it (system prompt included), the model (`cai.models.key_identity`; for a served
+model also its URL and served name), the sampling and the seed; a stored answer whose key differs
+from today's (an edited prompt, another model in the same folder, another recipe text, another
+server) is answered again.
 """
 
 from __future__ import annotations
@@ -43,8 +44,15 @@ def answer_keys(policy: Policy, identity: dict[str, Any], suites: Sequence[Suite
     system = system_prompt(policy, c)
     return {answer_id(policy.name, s.name, r.id): provenance.key(
                 with_system(r.conversation, system), models.key_identity(identity), sampling.to_dict(),
-                answer_seed(seed, s.name, r.id))
+                answer_seed(seed, s.name, r.id), *_served(policy))
             for s in suites for r in s.records}
+
+
+def _served(policy: Policy) -> tuple[str, ...]:
+    """A served policy's server and model name. The identity knows only the local tokenizer, and a
+    SPEC may change on resume: another URL is another model, whose answers must be made again."""
+    e = policy.engine
+    return (e.base_url, e.served_model_name or e.model) if e.backend == "http" else ()
 
 
 @dataclass
@@ -113,7 +121,8 @@ def _answer(job: Answering, todo: list, engine: Engine, identities: Mapping[str,
 def _check_fit(todo: list, engine: Engine, systems: Mapping[str, str], max_tokens: int) -> None:
     """Refuse before any generation a prompt that leaves no room for its answer."""
     for name, system in systems.items():
-        records = list({r.id: r for p, _, r in todo if p.name == name}.values())
+        # Keyed by suite too: two suites may both have a prompt "1", and each must be checked.
+        records = list({(s.name, r.id): r for p, s, r in todo if p.name == name}.values())
         with_sys = [r if not system else _prefixed(r, system) for r in records]
         _, too_long = reject_too_long(with_sys, engine, max_tokens)
         if too_long:

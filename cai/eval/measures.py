@@ -16,8 +16,9 @@ Two kinds of interval, chosen by what varies independently:
   prompts than there are and give too narrow an interval. Resampling whole prompts keeps each
   prompt's judgments together (a cluster bootstrap). It needs no normal approximation and the
   same code serves the length-controlled win rate, which has no closed-form standard error. A
-  bootstrap interval is zero-width when every prompt has the same score (all ties, all wins):
-  no variation was observed, and the interval says so rather than invent some.
+  bootstrap interval is zero-width when every prompt has the same score (all ties): no
+  variation was observed, and the interval says so rather than invent some. Every prompt won
+  (or lost) outright is the exception: n yes/no outcomes, given Wilson's interval instead.
 """
 
 from __future__ import annotations
@@ -228,10 +229,20 @@ class WinRate:
 def _win_rate_of(scores: list[PromptScore], resamples: int, seed: int) -> WinRate:
     _need(len(scores), "a win rate")
     values = [s.score for s in scores]
-    return WinRate(bootstrap_mean(values, resamples=resamples, seed=seed),
+    return WinRate(_win_rate_interval(values, resamples, seed),
                    wins=sum(v > 0.5 for v in values), ties=sum(v == 0.5 for v in values),
                    losses=sum(v < 0.5 for v in values),
                    orders_agree=sum(s.orders_agree for s in scores) / len(scores))
+
+
+def _win_rate_interval(values: list[float], resamples: int, seed: int) -> Estimate:
+    """The bootstrap interval, except where every prompt was won (or lost) outright: those are n
+    yes/no outcomes with no variation seen, where the bootstrap collapses to [1, 1] (at 6 prompts
+    and a true win rate of 0.95 it then covered the truth 46% of the time). Wilson's interval, as
+    for the refusal rates, does not collapse: [0.61, 1] for 6 of 6."""
+    if values[0] in (0.0, 1.0) and values.count(values[0]) == len(values):
+        return wilson(round(values[0]) * len(values), len(values))
+    return bootstrap_mean(values, resamples=resamples, seed=seed)
 
 
 def win_rate(comparisons: Sequence[Comparison], *, resamples: int = RESAMPLES, seed: int = 0) -> WinRate:
@@ -252,7 +263,8 @@ def win_rate_by_principle(comparisons: Sequence[Comparison], *, resamples: int =
 
 RIDGE = 1e-6
 """L2 penalty on both coefficients of the length GLM. Tiny: it changes no ordinary fit, and only
-keeps separable data (every prompt won) from driving the coefficients to infinity."""
+keeps separable data (every prompt won) from driving the coefficients to infinity. Where it would
+decide the reported value, `_check_identified` refuses the data instead."""
 
 
 @dataclass(frozen=True)
@@ -262,10 +274,14 @@ class LengthControlledWinRate:
     estimate: Estimate
     raw: float
     """The plain win rate of the same prompts, for comparison."""
-    intercept: float
-    """The GLM's intercept: logit of the length-controlled win rate."""
+    intercept: float | None
+    """The GLM's intercept: logit of the length-controlled win rate (None when every prompt was
+    won, or every one lost, and length explains none of it: the logit is infinite, which JSON
+    cannot hold)."""
     length_weight: float
-    """The GLM's weight on tanh(length difference / length_scale): the judge's length preference."""
+    """The GLM's weight on tanh(length difference / length_scale): the judge's length preference,
+    positive when it prefers the longer answer (AlpacaEval's feature is baseline minus model
+    length, so its weight has the opposite sign)."""
     length_scale: float
     """The standard deviation of the per-prompt length difference in tokens (0: no differences)."""
 
@@ -326,7 +342,8 @@ def length_controlled_win_rate(comparisons: Sequence[Comparison], *, resamples: 
     extrapolation of the fit and rests on the shape the GLM assumes; with a few dozen prompts
     the interval is wide. If all differences are zero there is nothing to control and the raw
     win rate is returned (weight 0). If every prompt differs by the same non-zero amount, length
-    and quality cannot be told apart: that is an error.
+    and quality cannot be told apart: that is an error. So is data that length separates
+    perfectly around 0 (`_check_identified`), where the ridge, not the prompts, would set the value.
     """
     scores = prompt_scores(comparisons)
     _need(len(scores), "a length-controlled win rate")
@@ -336,13 +353,17 @@ def length_controlled_win_rate(comparisons: Sequence[Comparison], *, resamples: 
     if not delta.any():
         # No length difference anywhere: the length term has nothing to explain.
         wr = _win_rate_of(scores, resamples, seed)
-        return LengthControlledWinRate(wr.estimate, raw, float(np.log(raw / (1 - raw))) if 0 < raw < 1
-                                       else math.copysign(math.inf, raw - 0.5), 0.0, 0.0)
+        return LengthControlledWinRate(wr.estimate, raw, _logit(raw), 0.0, 0.0)
     scale = float(delta.std(ddof=1)) if len(delta) > 1 else 0.0
     if scale == 0.0:
         raise InputError(f"every prompt's length difference is {delta[0]:+.0f} tokens: length and quality cannot "
                          "be told apart", fix="evaluate on more prompts, whose answers differ in length by "
                          "different amounts, or read the raw win rate")
+    _check_identified(delta, y)
+    if (y == y[0]).all():
+        # Every prompt got the same score: the length term has nothing to explain either (the
+        # fit's exact answer is weight 0, intercept logit(score)); the raw win rate stands.
+        return LengthControlledWinRate(_win_rate_of(scores, resamples, seed).estimate, raw, _logit(raw), 0.0, scale)
     x = np.tanh(delta / scale)
     a, b = fit_length_glm(x[None, :], y[None, :], ridge)[0]
     idx = np.random.default_rng(seed).integers(0, len(y), size=(resamples, len(y)))
@@ -352,6 +373,41 @@ def length_controlled_win_rate(comparisons: Sequence[Comparison], *, resamples: 
     # the reported interval containing it.
     est = Estimate(value, min(low, value), max(high, value), len(y), _bootstrap_method(resamples, seed))
     return LengthControlledWinRate(est, raw, float(a), float(b), scale)
+
+
+def _logit(p: float) -> float | None:
+    return float(np.log(p / (1 - p))) if 0 < p < 1 else None  # None: infinite, which JSON cannot hold
+
+
+def _check_identified(delta: np.ndarray, y: np.ndarray) -> None:
+    """Refuse data on which the value at zero length difference is set by the ridge, not the prompts.
+
+    With no graded score (every prompt won or lost outright) and every won prompt's length
+    difference above every lost one's (or below), a step at any point between the two groups
+    fits perfectly, so the unpenalized fit does not exist. When 0 lies strictly inside that gap,
+    steps placed left and right of it predict opposite answers at zero, and the tiny ridge alone
+    picks one: a judge that prefers only length, on a few prompts, would get anything in (0, 1).
+    That includes every prompt won with the policy longer on each (the gap is everything below
+    the shortest difference): a judge that prefers only length gives exactly that. A gap on one
+    side of 0 has a limit the data decide, 0 or 1."""
+    if ((y > 0) & (y < 1)).any():
+        return  # a graded score pins the curve at its length difference
+    won, lost = delta[y == 1], delta[y == 0]
+    # The ends of the gap between them; a side without prompts leaves its end open.
+    won_low, won_high = (won.min(), won.max()) if len(won) else (np.inf, -np.inf)
+    lost_low, lost_high = (lost.min(), lost.max()) if len(lost) else (np.inf, -np.inf)
+    for low, high, side in ((lost_high, won_low, "above"), (won_high, lost_low, "below")):
+        if low < 0 < high:
+            what = (f"every prompt was won or lost outright, every won prompt's length difference lies {side} every "
+                    f"lost one's, and the gap between them ({low:+.0f} to {high:+.0f} tokens) holds 0"
+                    if len(won) and len(lost) else
+                    f"every prompt was {'won' if len(won) else 'lost'} outright, each with the policy's answer "
+                    f"{'longer' if low == -np.inf else 'shorter'}")
+            raise InputError(f"{what}: a judge that prefers only length gives these verdicts, so the preference at "
+                             "equal length is not determined by these prompts",
+                             fix="evaluate on more prompts, or draw several principles per pair "
+                                 "(--principles-per-pair) so that verdicts are graded; meanwhile read the raw win "
+                                 "rate beside length_drift")
 
 
 # --- Refusals ------------------------------------------------------------------------------------

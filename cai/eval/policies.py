@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
+from typing import Any
 
+from cai import models
 from cai.config import EngineConfig
 from cai.constitution import Constitution
-from cai.engine import Conversation
-from cai.errors import ConfigError
+from cai.engine import Conversation, Engine
+from cai.errors import ConfigError, ModelNotFoundError
 
 RECIPES = ("prompted",)
 """The prompting recipes a SPEC may end with (`MODEL+prompted`)."""
@@ -55,6 +57,7 @@ def parse_policy(text: str, engine: EngineConfig) -> Policy:
         raise ConfigError(f"--policy {text!r}: the name {name!r} may hold only letters, digits, '.', '_' and '-'",
                           fix="choose a name such as base, prompted, sft or ppo-step-200 (--policy NAME=SPEC)")
     model, plus, recipe = spec.rpartition("+") if "+" in spec else (spec, "", "")
+    model, recipe = model.strip(), recipe.strip()  # "default +prompted" names the model "default"
     if plus and recipe not in RECIPES:
         raise ConfigError(f"--policy {text!r}: unknown recipe {recipe!r}",
                           fix=f"the recipes are: {', '.join(RECIPES)} (--policy {name}={model}+prompted)")
@@ -72,6 +75,17 @@ def _engine(model: str, base: EngineConfig, text: str) -> EngineConfig:
     if "://" in model:
         raise ConfigError(f"--policy {text!r}: only http:// and https:// servers are supported", fix=POLICY_FIX)
     return replace(base, model=model)
+
+
+def policy_identity(policy: Policy, engine: Engine | None = None) -> dict[str, Any]:
+    """`cai.models.identity` of a policy's model; a SPEC that names no model says which --policy."""
+    try:
+        return models.identity(policy.engine, engine)
+    except ModelNotFoundError as e:
+        raise ModelNotFoundError(f"--policy {policy.name}={policy.spec}: {e.message}", e.location,
+                                 fix=f"point --policy {policy.name}=SPEC at a model folder that exists, `default` (the "
+                                     "embedded model), a hub id in the local Hugging Face cache, or a server "
+                                     "(http://HOST:PORT/v1)") from e
 
 
 def parse_policies(texts: tuple[str, ...], baseline: str, engine: EngineConfig) -> list[Policy]:

@@ -35,7 +35,7 @@ from cai.errors import ConfigError
 from cai.eval.answers import ANSWERS_FILE, Answering, answer_all, answer_id, answer_keys
 from cai.eval.cost import cost_report
 from cai.eval.hacking import RewardScorer, hacking_policies, hacking_report, parse_hacking, score_all
-from cai.eval.policies import Policy, parse_policies
+from cai.eval.policies import Policy, parse_policies, policy_identity
 from cai.eval.refusal import PatternRefusalClassifier
 from cai.eval.report import ROWS_FILE, Inputs, build_report
 from cai.eval.suites import Suite, load_suites
@@ -103,7 +103,7 @@ class EvalConfig:
     tie_margin: float = 0.05
     """A single-order verdict whose P(policy better) is within this of 0.5 is a tie (half a win)."""
     resamples: int = 2000
-    """Bootstrap resamples of the win-rate and length intervals (1000 for the length-controlled one)."""
+    """Bootstrap resamples of the win-rate and length intervals (half as many for the length-controlled one)."""
     chunk_size: int = 64
     """Prompts (or pairs) per engine call; each chunk is flushed to disk."""
 
@@ -112,6 +112,9 @@ class EvalConfig:
         if self.max_tokens < 1 or self.chunk_size < 1 or self.resamples < 1:
             raise ConfigError("max_tokens, chunk_size and resamples must be >= 1",
                               fix="e.g. --max-tokens 256 --chunk-size 64 --resamples 2000")
+        if self.temperature < 0 or not 0 < self.top_p <= 1:
+            raise ConfigError(f"temperature must be >= 0 and top_p in (0, 1], got {self.temperature} and {self.top_p}",
+                              fix="e.g. --temperature 0.7 --top-p 1.0 (temperature 0 is greedy)")
         if not 0 <= self.tie_margin < 0.5:
             raise ConfigError(f"tie_margin must be in [0, 0.5), got {self.tie_margin}",
                               fix="e.g. 0.05 (ties: 0.45 <= p <= 0.55), or 0 for hard verdicts only")
@@ -147,7 +150,7 @@ def run_eval(cfg: EvalConfig, engines: Mapping[str, Engine] | None = None, judge
     policies += hacking_policies(runs, policies)
     suites = load_suites(cfg.suites, cfg.default_suites)
     engines = dict(engines or {})
-    identities = {p.name: models.identity(p.engine, engines.get(p.name)) for p in policies}
+    identities = {p.name: policy_identity(p, engines.get(p.name)) for p in policies}
     # The judge is resolved only where something is judged (a second policy and a judged suite).
     needs_judge = len(policies) > 1 and any(s.kind == "judged" for s in suites)
     judge = models.identity(resolve_judge_engine(cfg.judge), judge_engine, context=True) if needs_judge else None

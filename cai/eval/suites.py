@@ -70,13 +70,21 @@ def load_suites(specs: tuple[str, ...], defaults: bool) -> list[Suite]:
 
 def read_suite(name: str, path: Path, prompt_column: str = "prompt", id_column: str = "id") -> Suite:
     if not path.is_file():
-        raise InputError(f"suite {name!r}: file {path} does not exist", Location(str(path)),
+        what = "is a folder, not a prompts file" if path.exists() else "does not exist"
+        raise InputError(f"suite {name!r}: file {path} {what}", Location(str(path)),
                          fix=f"check the path given as --suite {name}=FILE")
-    records, rejects = read_prompts(path, prompt_column, id_column)
+    # The prompts reader's fixes may name --prompt-column, a flag `cai eval` does not have.
+    column_fix = f"give every row a {prompt_column!r} field (the prompt) and an {id_column!r} field"
+    try:
+        records, rejects = read_prompts(path, prompt_column, id_column)
+    except InputError as e:
+        raise InputError(f"suite {name!r}: {e.message}", e.location,
+                         fix=column_fix if "--prompt-column" in (e.fix or "") else e.fix) from e
     if rejects:
-        r = rejects[0]
-        raise InputError(f"suite {name!r}: {len(rejects)} row(s) cannot be used; the first, {r.id!r}: {r.reason}",
-                         Location(str(path), record=r.id), fix=r.fix or "fix or remove the row")
+        r = rejects[0]  # its source is "file:line"
+        raise InputError(f"suite {name!r}: {len(rejects)} row(s) cannot be used; the first: {r.reason}",
+                         Location(r.source, record=r.id),
+                         fix=column_fix if "--prompt-column" in r.fix else r.fix or "fix or remove the row")
     if not records:
         raise InputError(f"suite {name!r}: {path} holds no prompts", Location(str(path)),
                          fix="give a prompts file with an `id` and a `prompt` per row")
