@@ -49,9 +49,10 @@ def test_every_panel_is_drawn_from_its_data(runs):
                                 "The judge", "Principles", "Samples side by side"]
     ladder_html = section(page, "ladder")
     # The refuser declines all harmful and benign prompts: 100% harmless and over-refusal, n=2, with
-    # Wilson's interval; the longer policy wins every helpful prompt under a judge that likes length.
+    # Wilson's interval; the longer policy wins every helpful prompt under a judge that likes length
+    # (every prompt won outright: Wilson's interval too, 4/(4 + 1.96^2) = 51% below).
     assert "100% [34%, 100%] n=2" in ladder_html
-    assert "100% [100%, 100%] n=4" in ladder_html
+    assert "100% [51%, 100%] n=4" in ladder_html
     for caption in ("Harmless rate", "Over-refusal rate", "Win rate against the baseline", "Length difference",
                     "Win rate per principle", "Cost of each rung", "total.tokens_generated", "total.seconds",
                     "runs/sft-3", "a base model (no training cost)"):
