@@ -207,6 +207,23 @@ def test_a_resume_with_one_more_policy_answers_and_judges_only_that_one(tmp_path
     assert set(more.report["results"]) == {"base", "refuser", "long"}
 
 
+def test_prompts_per_suite_takes_the_first_n_and_raising_it_adds_only_the_new_ones(tmp_path):
+    judge = FakeEngine(score=prefers_longer)
+    few = run_eval(config(tmp_path, LADDER[:3], prompts_per_suite=2), engines=engines(), judge_engine=judge)
+    assert few.answered == 3 * (2 + 2 + 2) and few.judged == 2 * 2  # 2 non-baseline policies, 2 helpful prompts
+    report = few.report
+    assert {s: v["rows"] for s, v in report["provenance"]["suites"].items()} == {
+        "harmful": 2, "benign-risky": 2, "helpful": 2}
+    assert report["results"]["long"]["helpful"]["win_rate"]["estimate"]["n"] == 2
+    answered = {json.loads(line)["id"] for line in (tmp_path / "eval" / "answers.jsonl").read_text().splitlines()}
+    assert answered == {f"{p}/{s}/{s}-{k}" for p in ("base", "refuser", "long")
+                        for s in ("harmful", "benign-risky", "helpful") for k in (1, 2)}
+    more = run_eval(config(tmp_path, LADDER[:3], prompts_per_suite=3), engines=engines(), judge_engine=judge)
+    assert (more.answered, more.judged, more.stale) == (3 * 3, 2, 0)
+    with pytest.raises(ConfigError, match="prompts_per_suite"):
+        config(tmp_path, LADDER[:3], prompts_per_suite=-1)
+
+
 def test_an_edited_suite_prompt_is_answered_and_judged_again(tmp_path):
     judge = FakeEngine(score=prefers_longer)
     cfg = config(tmp_path, LADDER)

@@ -55,8 +55,8 @@ from cai.schema import ConstitutionStamp, EvalAnswer, PairJudgment, read_records
 
 JUDGMENTS_FILE = "judgments.jsonl"
 REPORT_FILE = "report.json"
-RESUMABLE_CHANGES = ("policies:", "baseline:", "suites:", "default_suites:", "tie_margin:", "resamples:",
-                     "chunk_size:", "hacking:")
+RESUMABLE_CHANGES = ("policies:", "baseline:", "suites:", "default_suites:", "prompts_per_suite:", "tie_margin:",
+                     "resamples:", "chunk_size:", "hacking:")
 """Config fields a resume may change without --force: which policies and suites take part (every
 answer and judgment is keyed on its own inputs), and how the report counts."""
 
@@ -78,6 +78,9 @@ class EvalConfig:
     refusal suites; any other name is judged against the baseline. Repeat the flag for each suite."""
     default_suites: bool = True
     """Also use the suites that ship with cai (harmful, benign-risky, helpful; data/eval/)."""
+    prompts_per_suite: int = 0
+    """Use only the first N prompts of each suite, in file order (0: all): a quick ladder, e.g. the
+    quickstart's. Raising it on resume answers and judges only the prompts added."""
     hacking: tuple[str, ...] = ()
     """PPO runs to check for reward hacking, each NAME=RUN_DIR (a finished `cai ppo` folder): its
     starting policy, each snapshot (`cai ppo --snapshot-every`) and its final policy answer and are
@@ -109,6 +112,9 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         parse_policies(self.policies, self.baseline, self.engine)
+        if self.prompts_per_suite < 0:
+            raise ConfigError(f"prompts_per_suite must be >= 0, got {self.prompts_per_suite}",
+                              fix="e.g. --prompts-per-suite 8 (the first 8 of each suite), or 0 for all")
         if self.max_tokens < 1 or self.chunk_size < 1 or self.resamples < 1:
             raise ConfigError("max_tokens, chunk_size and resamples must be >= 1",
                               fix="e.g. --max-tokens 256 --chunk-size 64 --resamples 2000")
@@ -148,7 +154,7 @@ def run_eval(cfg: EvalConfig, engines: Mapping[str, Engine] | None = None, judge
     policies = parse_policies(cfg.policies, cfg.baseline, cfg.engine)
     runs = parse_hacking(cfg.hacking, cfg.engine)  # each PPO run's steps are policies too
     policies += hacking_policies(runs, policies)
-    suites = load_suites(cfg.suites, cfg.default_suites)
+    suites = load_suites(cfg.suites, cfg.default_suites, cfg.prompts_per_suite)
     engines = dict(engines or {})
     identities = {p.name: policy_identity(p, engines.get(p.name)) for p in policies}
     # The judge is resolved only where something is judged (a second policy and a judged suite).

@@ -15,7 +15,7 @@ A `--suite` whose name is a packaged suite's replaces it; any other name is adde
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -63,9 +63,11 @@ def suite_files(specs: tuple[str, ...], defaults: bool) -> dict[str, Path]:
     return files
 
 
-def load_suites(specs: tuple[str, ...], defaults: bool) -> list[Suite]:
-    """Every suite, read and checked: the file exists and every row is a usable prompt."""
-    return [read_suite(name, path) for name, path in suite_files(specs, defaults).items()]
+def load_suites(specs: tuple[str, ...], defaults: bool, limit: int = 0) -> list[Suite]:
+    """Every suite, read and checked: the file exists and every row is a usable prompt; with a
+    `limit`, each keeps only its first `limit` prompts (the whole file is still checked and hashed)."""
+    suites = [read_suite(name, path) for name, path in suite_files(specs, defaults).items()]
+    return [replace(s, records=s.records[:limit]) for s in suites] if limit else suites
 
 
 def read_suite(name: str, path: Path, prompt_column: str = "prompt", id_column: str = "id") -> Suite:
