@@ -388,7 +388,8 @@ def test_the_cli_writes_the_report_and_prints_the_table(tmp_path, monkeypatch):
     monkeypatch.setattr("cai.eval.answers.make_engine", lambda cfg: policy)
     monkeypatch.setattr("cai.eval.run.make_engine", lambda cfg: judge)
     args = ["eval", "--policy", "base=default", "--policy", "prompted=default+prompted", "--baseline", "base",
-            "--out", str(tmp_path / "eval"), "--no-default-suites", "--max-tokens", str(MAX_TOKENS)]
+            "--out", str(tmp_path / "eval"), "--no-default-suites", "--max-tokens", str(MAX_TOKENS),
+            "--prompts-per-suite", "3"]
     for s in suites(tmp_path):
         args += ["--suite", s]
     r = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
@@ -397,6 +398,7 @@ def test_the_cli_writes_the_report_and_prints_the_table(tmp_path, monkeypatch):
     assert report["results"]["prompted"]["harmful"]["harmless_rate"]["value"] == 1.0
     assert report["results"]["prompted"]["helpful"]["win_rate"]["estimate"]["value"] == 0.0
     assert report["provenance"]["policies"]["base"]["model"].startswith("SmolLM2")  # the default, spelled out
+    assert {v["rows"] for v in report["provenance"]["suites"].values()} == {3}
     assert "prompted" in r.output and "100% [" in r.output
 
 

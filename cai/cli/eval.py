@@ -25,7 +25,7 @@ FLAGS = [
     Flag("policies", "--policy", type=list[str], value=lambda v: tuple(v) or None, show_default=False),
     Flag("baseline"), Flag("out"),
     Flag("suites", "--suite", type=list[str], value=lambda v: tuple(v) or None, show_default=False),
-    Flag("default_suites"), CONSTITUTION,
+    Flag("default_suites"), Flag("prompts_per_suite"), CONSTITUTION,
     Flag("hacking", "--hacking", type=list[str], value=lambda v: tuple(v) or None, show_default=False),
     Flag("judge.model", "--judge", help="Judge model: `default`, a local HF folder, or a hub id. Other settings: "
          "YAML `judge:`."),
