@@ -2,7 +2,8 @@
 # The whole Constitutional AI loop on the embedded default model and the bundled example
 # prompts, small enough for a laptop CPU (about 10 minutes on 2 cores):
 #   principles -> self-revision (SFT data + revision pairs) -> AI-judged preference labels
-#   -> SFT policy -> soft-label reward model -> PPO policy.
+#   -> SFT policy -> soft-label reward model -> PPO policy -> the ladder (base, prompted, SFT, PPO)
+#   evaluated side by side -> one HTML report of every stage.
 # Usage: scripts/quickstart.sh [OUT_DIR]   (default runs/quickstart; rerun to resume)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,5 +22,12 @@ cai sft --data "$OUT/revise" --out "$OUT/sft" --max-steps 8 --batch-size 4 --max
 cai rm train --prefs "$OUT/label" --base "$OUT/sft" --out "$OUT/rm" --max-steps 8 --batch-size 4 --max-length 384
 cai rm eval --pairs "$OUT/revise/prefs.jsonl" --model "$OUT/rm"
 cai ppo --policy "$OUT/sft" --reward-model "$OUT/rm" --prompts "$PROMPTS" --out "$OUT/ppo" \
-    --steps 2 --batch-size 4 --max-new-tokens 32
-echo "Done: the trained policy is in $OUT/ppo (a Hugging Face folder)."
+    --steps 2 --batch-size 4 --max-new-tokens 32 --snapshot-every 1
+# The ladder on the first 8 prompts of each packaged suite: did SFT and PPO beat the base model and
+# the base model prompted with the constitution? --hacking also evaluates each PPO step (reward
+# model score against the judge's win rate). A 135M judge is near chance: read the intervals.
+cai eval --policy base=default --policy prompted=default+prompted --policy sft="$OUT/sft" \
+    --policy ppo="$OUT/ppo" --baseline base --hacking ppo-run="$OUT/ppo" --prompts-per-suite 8 \
+    --max-tokens 96 --constitution principles.yaml --out "$OUT/eval"
+cai report "$OUT" --out "$OUT/report.html"
+echo "Done: the trained policy is in $OUT/ppo (a Hugging Face folder); open $OUT/report.html."
