@@ -45,6 +45,31 @@ def find_chromium() -> str | None:
     return next((p for b in BINARIES if (p := shutil.which(b))), None)
 
 
+def chromium_or_skip() -> str:
+    """The Chromium binary; else the test is skipped with the reason, or fails where
+    CAI_REQUIRE_BROWSER=1 (CI, whose .ci/run installs it)."""
+    import pytest
+
+    path = find_chromium()
+    missing = [m for m in ("websockets", "PIL") if not _importable(m)]
+    if path is None or missing:
+        why = ("no Chromium binary on PATH (looked for chromium, chromium-browser, google-chrome); "
+               "install Debian's `chromium` package" if path is None
+               else f"Python packages missing for the browser test: {', '.join(missing)}")
+        if os.environ.get("CAI_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"CAI_REQUIRE_BROWSER=1 but {why}")
+        pytest.skip(why)
+    return path
+
+
+def _importable(name: str) -> bool:
+    try:
+        __import__(name)
+    except ImportError:
+        return False
+    return True
+
+
 @dataclass
 class PageResult:
     console: list[str] = field(default_factory=list)

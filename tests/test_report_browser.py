@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from browser import PageResult, find_chromium, open_page, problems
+from browser import PageResult, chromium_or_skip, open_page, problems
 from report_runs import make_all
 
 from cai.report import write_report
@@ -24,25 +24,7 @@ pytestmark = pytest.mark.browser
 
 @pytest.fixture(scope="module")
 def chromium() -> str:
-    path = find_chromium()
-    required = os.environ.get("CAI_REQUIRE_BROWSER") == "1"
-    missing = [m for m in ("websockets", "PIL") if not _importable(m)]
-    if path is None or missing:
-        why = ("no Chromium binary on PATH (looked for chromium, chromium-browser, google-chrome); "
-               "install Debian's `chromium` package" if path is None
-               else f"Python packages missing for the browser test: {', '.join(missing)}")
-        if required:
-            pytest.fail(f"CAI_REQUIRE_BROWSER=1 but {why}")
-        pytest.skip(why)
-    return path
-
-
-def _importable(name: str) -> bool:
-    try:
-        __import__(name)
-    except ImportError:
-        return False
-    return True
+    return chromium_or_skip()
 
 
 @pytest.fixture(scope="module")
