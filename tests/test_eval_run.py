@@ -77,7 +77,7 @@ def suites(tmp_path, harmful: int = 4, benign: int = 5, helpful: int = 6) -> tup
 
 def config(tmp_path, policies: tuple[str, ...], **kw) -> EvalConfig:
     return EvalConfig(policies=policies, baseline="base", out=tmp_path / "eval", suites=suites(tmp_path),
-                      default_suites=False, max_tokens=MAX_TOKENS, resamples=200, **kw)
+                      default_suites=False, max_tokens=MAX_TOKENS, resamples=200, **{"refusal": "patterns", **kw})
 
 
 LADDER = ("base=fake", "refuser=fake", "long=fake", "mixed=fake", "prompted=fake+prompted")
@@ -232,7 +232,8 @@ def test_the_cli_writes_the_report_and_prints_the_table(tmp_path, monkeypatch):
     monkeypatch.setattr("cai.eval.answers.make_engine", lambda cfg: policy)
     monkeypatch.setattr("cai.eval.run.make_engine", lambda cfg: judge)
     args = ["eval", "--policy", "base=default", "--policy", "prompted=default+prompted", "--baseline", "base",
-            "--out", str(tmp_path / "eval"), "--no-default-suites", "--max-tokens", str(MAX_TOKENS)]
+            "--out", str(tmp_path / "eval"), "--no-default-suites", "--max-tokens", str(MAX_TOKENS),
+            "--refusal", "patterns"]
     for s in suites(tmp_path):
         args += ["--suite", s]
     r = CliRunner().invoke(app, args, env={"COLUMNS": "200"})

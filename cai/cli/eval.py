@@ -30,6 +30,7 @@ FLAGS = [
          "YAML `judge:`."),
     *engine_flags("engine", model=False), *judging_flags(), Flag("max_tokens"),
     Flag("temperature"), Flag("top_p"), SEED, Flag("tie_margin"), Flag("resamples"), Flag("chunk_size"),
+    Flag("refusal"), Flag("refusal_threshold"),
 ]
 
 
@@ -96,7 +97,8 @@ def _cell(value: dict[str, Any] | None) -> str:
 
 def print_summary(s: EvalSummary) -> None:
     console.print(
-        f"[bold green]done[/] {s.answered} answers and {s.judged} pairs judged in this run"
+        f"[bold green]done[/] {s.answered} answers, {s.asked} refusal questions and {s.judged} pairs judged "
+        "in this run"
         + (f"; {s.stale} stale recomputed" if s.stale else "")
-        + f"; {s.seconds:.1f} s -> {s.out} (report.json, rows.jsonl, answers.jsonl, judgments.jsonl)",
+        + f"; {s.seconds:.1f} s -> {s.out} (report.json, rows.jsonl, answers.jsonl, refusals.jsonl, judgments.jsonl)",
         highlight=False)
