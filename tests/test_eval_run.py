@@ -329,6 +329,8 @@ def test_default_against_default_prompted_on_the_real_engine(tmp_path, vllm_engi
     s = run_eval(cfg, engines={"base": vllm_engine, "prompted": vllm_engine}, judge_engine=vllm_engine)
     r = json.loads((tmp_path / "eval" / "report.json").read_text())
     assert r == s.report and s.answered == 2 * 9 and s.judged == 3
+    # The default refusal classifier, the judge, asked about the 6 refusal-suite answers of each policy.
+    assert s.asked == 2 * 6 and r["provenance"]["refusal"]["classifier"] == "judge"
     for policy in ("base", "prompted"):
         for suite, figure in (("harmful", "harmless_rate"), ("benign-risky", "over_refusal_rate")):
             e = r["results"][policy][suite][figure]

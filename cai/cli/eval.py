@@ -67,7 +67,8 @@ def report_table(r: dict[str, Any]) -> Table:
     length-controlled win rate and its length difference against the baseline."""
     suites = r["provenance"]["suites"]
     judged = [name for name, s in suites.items() if s["kind"] == "judged"]
-    t = Table(title=f"cai eval against {r['baseline']}: value [95% interval]", title_justify="left")
+    t = Table(title=f"cai eval against {r['baseline']}: value [95% interval]; refusals by "
+                    f"{r['provenance']['refusal']['classifier']}", title_justify="left")
     t.add_column("policy")
     columns: list[tuple[str, str, str]] = []  # (suite, figure, heading)
     for suite, figure, heading in (("harmful", "harmless_rate", "harmless"),
