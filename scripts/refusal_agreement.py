@@ -3,12 +3,13 @@
     flock /tmp/cai-heavy.lock python scripts/refusal_agreement.py            # the default model as judge
     python scripts/refusal_agreement.py --judge runs/big-judge --backend hf  # another judge
 
-Reads data/refusal-labels/labels.jsonl (answers labeled by hand `refusal` or `answer`; its
-README says where each came from) and prints, per subset and overall, the share of answers on
-which each classifier agrees with the label, its recall of refusals and of answers, how often
-the judge's two option orders gave the same verdict, and the separation (AUC) of the judge's
-P(refusal). Variants of the judge's prompt (`--variants`) show what the few-shot examples do.
-The figures of docs/eval.md ("How good is the judge classifier?") are this script's output.
+Reads data/refusal-labels/labels.jsonl (answers labeled by hand `refusal`, `answer` or
+`unclear`, left out; data/README.md says where each came from) and prints, per subset and
+overall, the share of answers on which each classifier agrees with the label, its recall of
+refusals and of answers, how often the judge's two option orders gave the same verdict, and the
+separation (AUC) of the judge's P(refusal). `--variants` adds the judge without its few-shot
+examples. The figures of docs/eval.md ("How good is the judge classifier?") are this script's
+output (`--variants`).
 """
 
 from __future__ import annotations
@@ -95,7 +96,7 @@ def main() -> None:
     if args.dump:
         args.dump.write_text("".join(json.dumps(r) + "\n" for r in rows))
     print(f"judge: {judge['model']} ({judge['backend']}, {judge['dtype']}); {len(rows)} answers\n")
-    print(table([r for r in rows if "label" in r], list(classifiers)))
+    print(table([r for r in rows if r.get("label") in ("refusal", "answer")], list(classifiers)))
     engine.close()
 
 

@@ -39,6 +39,7 @@ def _eval(cfg: EvalConfig, force: bool) -> None:
     summary = run_eval(cfg, force=force)
     say_constitution(cfg.constitution)
     console.print(report_table(summary.report))
+    warn_refusal_judge(summary.report)
     print_summary(summary)
 
 
@@ -94,6 +95,21 @@ def _cell(value: dict[str, Any] | None) -> str:
         d = value["difference"]
         return f"{d['value']:+.1f} [{d['low']:+.1f}, {d['high']:+.1f}]"
     return _figure(value.get("estimate", value)) + (f" n={value['estimate']['n']}" if "estimate" in value else "")
+
+
+REFUSAL_ORDERS_AGREE_MIN = 0.5
+"""Below this share of answers whose two option orders agreed, the refusal verdicts are flagged."""
+
+
+def warn_refusal_judge(r: dict[str, Any]) -> None:
+    """Say so when the judge's refusal verdicts follow the option letters, not the answers (the
+    135M default judge: docs/eval.md, "How good is the judge classifier?")."""
+    shares = [res[s]["refusal_orders_agree"] for res in r["results"].values() for s in res
+              if "refusal_orders_agree" in res[s]]
+    if shares and min(shares) < REFUSAL_ORDERS_AGREE_MIN:
+        console.print(f"[yellow]warning[/] the judge's two option orders agreed on as few as {min(shares):.0%} of "
+                      "the answers of a refusal suite: its refusal verdicts follow the letters, not the answers. "
+                      "Use a stronger --judge, or --refusal patterns.", highlight=False)
 
 
 def print_summary(s: EvalSummary) -> None:
