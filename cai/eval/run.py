@@ -196,16 +196,18 @@ class SharedEngine:
     use (a finished run loads no judge), and closed by the run that made it."""
 
     def __init__(self, cfg: EngineConfig, given: Engine | None):
-        self.cfg, self.given, self.made = cfg, given, None
+        self.cfg, self.given = cfg, given
+        self.made: Engine | None = None
 
     @property
     def started(self) -> Engine | None:
         return self.given or self.made
 
     def get(self) -> Engine:
-        if self.started is None:
-            self.made = make_engine(self.cfg)
-        return self.started
+        engine = self.started
+        if engine is None:
+            engine = self.made = make_engine(self.cfg)
+        return engine
 
     def close(self) -> None:
         if self.made is not None:
