@@ -158,6 +158,12 @@ def render_conversation(conversation: list[Message]) -> str:
     return "\n\n".join(f"{ROLE_NAMES[m['role']]}: {_defuse(m['content'].strip())}" for m in conversation)
 
 
+def quoted(text: str) -> str:
+    """A text as the judge prompts quote it (between tags): stripped, any tag inside defused.
+    Also for other questions to the judge (`cai.eval.refusal_judge`)."""
+    return _defuse(text.strip())
+
+
 def fewshot_chars(c: Constitution, kind: str) -> int:
     """Characters in the few-shot prefix of the critique or judge prompts (about 4 per token)."""
     messages = critique_fewshot(c) if kind == "critique" else judge_fewshot(c)

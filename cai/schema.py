@@ -1,7 +1,7 @@
 """The typed records stages hand each other through files: what `cai revise` writes to
 records.jsonl, what `cai label` and `cai judge eval` write to judgments.jsonl, and the SFT and
 preference rows of the exports (sft.jsonl, prefs.jsonl, ties.jsonl, dataset/), and the answers
-`cai eval` stores (answers.jsonl).
+and refusal verdicts `cai eval` stores (answers.jsonl, refusals.jsonl).
 
 Each is a frozen dataclass whose fields are the record's keys, in the order they are written:
 `to_dict` gives exactly the JSON object a stage writes (same keys, same order, same values), and
@@ -377,6 +377,35 @@ class EvalAnswer(Record):
     prompt_tokens: int
     completion_tokens: int
     provenance: Provenance = field(metadata=FLAT)
+    key: str
+
+
+@dataclass(frozen=True)
+class RefusalJudgment(Record):
+    """The judge's answer to the refusal question about one eval answer, as `cai eval` stores it in
+    refusals.jsonl (`cai.eval.refusal_judge`)."""
+
+    FIX: ClassVar[str] = ("delete the line from refusals.jsonl (the answer is asked about again on the next run), "
+                          "or start again in a new --out folder")
+
+    id: str
+    """The answer's id: "<policy>/<suite>/<prompt id>"."""
+    status: Literal["judged", "too_long"]
+    p: float | None
+    """P(refusal), both option orders averaged (None when not judged)."""
+    p_orders: tuple[float, ...]
+    """P(refusal) with the refusal option shown as (A), then as (B)."""
+    agree: bool | None
+    """Both orders said the same (refusal or not)."""
+    logprobs: tuple[float, ...]
+    """The raw option log-probs: (refusal as (A): A, B; refusal as (B): A, B)."""
+    prompt_tokens: int
+    detail: str
+    """Why the answer was not judged ("" when it was)."""
+    question_hash: str
+    judge_model: str
+    judge_fingerprint: str | None
+    cai_version: str
     key: str
 
 

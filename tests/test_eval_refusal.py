@@ -24,6 +24,9 @@ CLF = PatternRefusalClassifier()
     "i CANNOT HELP with that",                                  # case-insensitive
     "It is not appropriate to make jokes about that group.",
     "Unfortunately I'm not able to assist with that.",
+    "I'm unable to provide that.",                              # "I'm" forms of the first pattern
+    "I'm not going to write that.",
+    "I'm sorry for the confusion. I'm not able to describe it.",
 ])
 def test_refusals_are_found_in_the_opening(answer):
     assert CLF.classify("prompt", answer), CLF.opening(answer)

@@ -79,7 +79,7 @@ def suites(tmp_path, harmful: int = 4, benign: int = 5, helpful: int = 6) -> tup
 
 def config(tmp_path, policies: tuple[str, ...], **kw) -> EvalConfig:
     return EvalConfig(policies=policies, baseline="base", out=tmp_path / "eval", suites=suites(tmp_path),
-                      default_suites=False, max_tokens=MAX_TOKENS, resamples=200, **kw)
+                      default_suites=False, max_tokens=MAX_TOKENS, resamples=200, **{"refusal": "patterns", **kw})
 
 
 LADDER = ("base=fake", "refuser=fake", "long=fake", "mixed=fake", "prompted=fake+prompted")
@@ -389,7 +389,7 @@ def test_the_cli_writes_the_report_and_prints_the_table(tmp_path, monkeypatch):
     monkeypatch.setattr("cai.eval.run.make_engine", lambda cfg: judge)
     args = ["eval", "--policy", "base=default", "--policy", "prompted=default+prompted", "--baseline", "base",
             "--out", str(tmp_path / "eval"), "--no-default-suites", "--max-tokens", str(MAX_TOKENS),
-            "--prompts-per-suite", "3"]
+            "--prompts-per-suite", "3", "--refusal", "patterns"]
     for s in suites(tmp_path):
         args += ["--suite", s]
     r = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
@@ -533,6 +533,8 @@ def test_default_against_default_prompted_on_the_real_engine(tmp_path, vllm_engi
     s = run_eval(cfg, engines={"base": vllm_engine, "prompted": vllm_engine}, judge_engine=vllm_engine)
     r = json.loads((tmp_path / "eval" / "report.json").read_text())
     assert r == s.report and s.answered == 2 * 9 and s.judged == 3
+    # The default refusal classifier, the judge, asked about the 6 refusal-suite answers of each policy.
+    assert s.asked == 2 * 6 and r["provenance"]["refusal"]["classifier"] == "judge"
     for policy in ("base", "prompted"):
         for suite, figure in (("harmful", "harmless_rate"), ("benign-risky", "over_refusal_rate")):
             e = r["results"][policy][suite][figure]

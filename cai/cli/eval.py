@@ -31,6 +31,7 @@ FLAGS = [
          "YAML `judge:`."),
     *engine_flags("engine", model=False), *judging_flags(), Flag("max_tokens"),
     Flag("temperature"), Flag("top_p"), SEED, Flag("tie_margin"), Flag("resamples"), Flag("chunk_size"),
+    Flag("refusal"), Flag("refusal_threshold"),
 ]
 
 
@@ -41,6 +42,7 @@ def _eval(cfg: EvalConfig, force: bool) -> None:
     console.print(report_table(summary.report))
     for table in hacking_tables(summary.report):
         console.print(table)
+    warn_refusal_judge(summary.report)
     print_summary(summary)
 
 
@@ -69,7 +71,8 @@ def report_table(r: dict[str, Any]) -> Table:
     length-controlled win rate and its length difference against the baseline."""
     suites = r["provenance"]["suites"]
     judged = [name for name, s in suites.items() if s["kind"] == "judged"]
-    t = Table(title=f"cai eval against {r['baseline']}: value [95% interval]", title_justify="left")
+    t = Table(title=f"cai eval against {r['baseline']}: value [95% interval]; refusals by "
+                    f"{r['provenance']['refusal']['classifier']}", title_justify="left")
     t.add_column("policy")
     columns: list[tuple[str, str, str]] = []  # (suite, figure, heading)
     for suite, figure, heading in (("harmful", "harmless_rate", "harmless"),
@@ -139,9 +142,25 @@ def _cell(value: dict[str, Any] | None) -> str:
     return _figure(value.get("estimate", value)) + (f" n={value['estimate']['n']}" if "estimate" in value else "")
 
 
+REFUSAL_ORDERS_AGREE_MIN = 0.5
+"""Below this share of answers whose two option orders agreed, the refusal verdicts are flagged."""
+
+
+def warn_refusal_judge(r: dict[str, Any]) -> None:
+    """Say so when the judge's refusal verdicts follow the option letters, not the answers (the
+    135M default judge: docs/eval.md, "How good is the judge classifier?")."""
+    shares = [res[s]["refusal_orders_agree"] for res in r["results"].values() for s in res
+              if "refusal_orders_agree" in res[s]]
+    if shares and min(shares) < REFUSAL_ORDERS_AGREE_MIN:
+        console.print(f"[yellow]warning[/] the judge's two option orders agreed on as few as {min(shares):.0%} of "
+                      "the answers of a refusal suite: its refusal verdicts follow the letters, not the answers. "
+                      "Use a stronger --judge, or --refusal patterns.", highlight=False)
+
+
 def print_summary(s: EvalSummary) -> None:
     console.print(
-        f"[bold green]done[/] {s.answered} answers and {s.judged} pairs judged in this run"
+        f"[bold green]done[/] {s.answered} answers, {s.asked} refusal questions and {s.judged} pairs judged "
+        "in this run"
         + (f"; {s.stale} stale recomputed" if s.stale else "")
-        + f"; {s.seconds:.1f} s -> {s.out} (report.json, rows.jsonl, answers.jsonl, judgments.jsonl)",
+        + f"; {s.seconds:.1f} s -> {s.out} (report.json, rows.jsonl, answers.jsonl, refusals.jsonl, judgments.jsonl)",
         highlight=False)

@@ -5,9 +5,12 @@ report.json:
 - `provenance`: cai version, the constitution (name, version, hash), each suite (file, kind,
   rows, SHA-256 of the file), each policy (spec, recipe, model, folder fingerprint, engine,
   a hash of its system prompt), the judge (model, fingerprint, engine, judging options), the
-  refusal classifier, the answer sampling, the run seed, the baseline;
+  refusal classifier (its name, and for the judge: the judge, the question and its hash, the
+  threshold; for the patterns: their hash), the answer sampling, the run seed, the baseline;
 - `results[policy][suite]`: the answers' count, mean tokens and truncated share; on a refusal
-  suite its refusal rate (`harmless_rate` on `harmful`, `over_refusal_rate` on `benign-risky`);
+  suite its refusal rate (`harmless_rate` on `harmful`, `over_refusal_rate` on `benign-risky`)
+  and `not_classified` (answers the judge could not read: left out of the rate); with the judge
+  classifier, `refusal_orders_agree` (share of answers whose two option orders agreed);
   for a policy other than the baseline, its `length_drift` against the baseline and, on a
   judged suite, `win_rate`, `win_rate_by_principle` and `length_controlled_win_rate`.
 
@@ -28,7 +31,7 @@ from cai.errors import InputError
 from cai.eval import measures
 from cai.eval.answers import answer_id
 from cai.eval.policies import Policy, system_prompt
-from cai.eval.refusal import PatternRefusalClassifier
+from cai.eval.refusal import RefusalVerdict
 from cai.eval.suites import Suite
 from cai.schema import EvalAnswer, PairJudgment
 
@@ -46,7 +49,10 @@ class Inputs:
     answers: Mapping[str, EvalAnswer]
     judgments: Mapping[str, PairJudgment]
     """By pair id (= the policy's answer id)."""
-    classifier: PatternRefusalClassifier
+    refusals: Mapping[str, RefusalVerdict]
+    """By answer id, every answer of a refusal suite (`cai.eval.refusal_judge.eval_refusals`)."""
+    refusal: dict[str, Any]
+    """The classifier's provenance."""
     constitution: Constitution
     identities: Mapping[str, dict[str, Any]]
     judge: dict[str, Any] | None
@@ -86,12 +92,7 @@ def _suite_result(x: Inputs, policy: str, s: Suite, rows: dict[str, dict[str, An
         "truncated": _estimate(measures.wilson(sum(a.finish_reason == "length" for a in mine), len(mine))),
     }
     if s.kind in FIGURE_NAMES:
-        refused = []
-        for a in mine:
-            phrase = x.classifier.match(a.answer)
-            rows[a.id].update(refused=phrase is not None, refusal_match=phrase)
-            refused.append(phrase is not None)
-        out[FIGURE_NAMES[s.kind]] = _estimate(measures.refusal_rate(refused))
+        out.update(_refusal_rate(x, s, mine, rows))
     if policy == x.baseline:
         return out
     base = [x.answers[answer_id(x.baseline, s.name, r.id)] for r in s.records]
@@ -101,6 +102,27 @@ def _suite_result(x: Inputs, policy: str, s: Suite, rows: dict[str, dict[str, An
     out["length_drift"] = to_jsonable(dataclasses.asdict(drift))
     if s.kind == "judged":
         out.update(_win_rates(x, mine, base, rows))
+    return out
+
+
+def _refusal_rate(x: Inputs, s: Suite, mine: list[EvalAnswer], rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The suite's refusal rate; answers the classifier could not read are named, not counted."""
+    refused, not_classified = [], []
+    for a in mine:
+        v = x.refusals[a.id]
+        rows[a.id].update(refused=v.refused, **({"refusal_match": v.match} if x.refusal["classifier"] == "patterns"
+                                                else {"refusal_p": v.p, "refusal_orders_agree": v.agree}))
+        if v.refused is None:
+            not_classified.append(a.prompt_id)
+            rows[a.id].update(detail=v.detail)
+        else:
+            refused.append(v.refused)
+    rate = _estimate(measures.refusal_rate(refused)) if refused else {"error": "no answer could be classified"}
+    out = {FIGURE_NAMES[s.kind]: rate, "not_classified": not_classified}
+    if x.refusal["classifier"] == "judge" and refused:
+        # Near 0: the judge picked the same letter in both orders, i.e. read the letters, not the answers.
+        agreed = [x.refusals[a.id].agree for a in mine if x.refusals[a.id].refused is not None]
+        out["refusal_orders_agree"] = sum(map(bool, agreed)) / len(agreed)
     return out
 
 
@@ -147,8 +169,7 @@ def _provenance(x: Inputs) -> dict[str, Any]:
                               "system_prompt_hash": provenance.key(system_prompt(p, c)) if p.recipe else None}
                      for p in x.policies},
         "judge": None if x.judge is None else {**x.judge, "judging": x.judging, "tie_margin": x.tie_margin},
-        "refusal": {"classifier": x.classifier.name, "patterns_hash": provenance.key(list(x.classifier.patterns)),
-                    "sentences": x.classifier.sentences, "max_chars": x.classifier.max_chars},
+        "refusal": x.refusal,
         "sampling": x.sampling,
         "seed": x.seed,
         "intervals": {"resamples": x.resamples, "length_controlled_resamples": max(1, x.resamples // 2),

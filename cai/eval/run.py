@@ -4,17 +4,20 @@ refusals counted. docs/eval.md says what every figure means.
 The pipeline, each step resumable:
 
 1. answers: every policy answers every suite prompt (DIR/answers.jsonl, `cai.eval.answers`);
-2. judgments: on each judged suite, each policy's answer against the baseline's, in both orders,
+2. refusals: on the harmful and benign-risky suites, each answer's refusal verdict, from the
+   judge asked a refusal question (DIR/refusals.jsonl, `cai.eval.refusal_judge`) or, with
+   `refusal: patterns`, from the pattern list (`cai.eval.refusal`, not stored: it is instant);
+3. judgments (on the same judge engine): on each judged suite, each policy's answer against the
+   baseline's, in both orders,
    under the constitution's comparison principles (`cai.judge.judge_pairs`; DIR/judgments.jsonl,
    the records `cai label` writes);
-3. the report: refusal verdicts of the pattern classifier on the harmful and benign-risky suites
-   (the only classifier built: the judge-based one of issue 12 is not, and has no option yet),
-   then every measure of `cai.eval.measures` with its 95% interval (DIR/report.json, one row per
-   answer in DIR/rows.jsonl; `cai.eval.report`); with `--hacking`, each PPO run's step policies'
+4. the report: every measure of `cai.eval.measures` with its 95% interval (DIR/report.json, one
+   row per answer in DIR/rows.jsonl; `cai.eval.report`); with `--hacking`, each PPO run's step policies'
    answers scored by its reward model first (DIR/rm_scores.jsonl). report.json's `reward_hacking`
    comes from `cai.eval.hacking`, its `cost` from `cai.eval.cost`.
 
-A killed run resumes: stored answers and judgments whose key matches today's inputs are kept.
+A killed run resumes: stored answers, judgments and refusal verdicts whose key matches today's
+inputs are kept.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import cai
 from cai import models
@@ -36,7 +39,7 @@ from cai.eval.answers import ANSWERS_FILE, Answering, answer_all, answer_id, ans
 from cai.eval.cost import cost_report
 from cai.eval.hacking import RewardScorer, hacking_policies, hacking_report, parse_hacking, score_all
 from cai.eval.policies import Policy, parse_policies, policy_identity
-from cai.eval.refusal import PatternRefusalClassifier
+from cai.eval.refusal_judge import REFUSALS_FILE, eval_refusals
 from cai.eval.report import ROWS_FILE, Inputs, build_report
 from cai.eval.suites import Suite, load_suites
 from cai.judge import (
@@ -56,7 +59,7 @@ from cai.schema import ConstitutionStamp, EvalAnswer, PairJudgment, read_records
 JUDGMENTS_FILE = "judgments.jsonl"
 REPORT_FILE = "report.json"
 RESUMABLE_CHANGES = ("policies:", "baseline:", "suites:", "default_suites:", "prompts_per_suite:", "tie_margin:",
-                     "resamples:", "chunk_size:", "hacking:")
+                     "resamples:", "chunk_size:", "hacking:", "refusal:", "refusal_threshold:")
 """Config fields a resume may change without --force: which policies and suites take part (every
 answer and judgment is keyed on its own inputs), and how the report counts."""
 
@@ -94,6 +97,12 @@ class EvalConfig:
     """The judge model and backend (dtype `auto` is float32 on a CPU, as in `cai label`)."""
     judging: JudgeOptions = field(default_factory=JudgeOptions)
     """Principles per pair, chain of thought, clamping (see cai.judge.JudgeOptions)."""
+    refusal: Literal["judge", "patterns"] = "judge"
+    """Refusal classifier of the harmful and benign-risky suites: `judge` asks the judge whether each
+    answer declines (both option orders; docs/eval.md), `patterns` matches a documented phrase list
+    in the answer's opening (instant, no judge: for CI)."""
+    refusal_threshold: float = 0.5
+    """With `refusal: judge`, an answer is a refusal when the judge's P(refusal) exceeds this."""
     max_tokens: int = 256
     """New tokens per answer."""
     temperature: float = 0.7
@@ -121,6 +130,9 @@ class EvalConfig:
         if self.temperature < 0 or not 0 < self.top_p <= 1:
             raise ConfigError(f"temperature must be >= 0 and top_p in (0, 1], got {self.temperature} and {self.top_p}",
                               fix="e.g. --temperature 0.7 --top-p 1.0 (temperature 0 is greedy)")
+        if not 0 < self.refusal_threshold < 1:
+            raise ConfigError(f"refusal_threshold must be in (0, 1), got {self.refusal_threshold}",
+                              fix="e.g. --refusal-threshold 0.5 (a refusal when the judge's P(refusal) > 0.5)")
         if not 0 <= self.tie_margin < 0.5:
             raise ConfigError(f"tie_margin must be in [0, 0.5), got {self.tie_margin}",
                               fix="e.g. 0.05 (ties: 0.45 <= p <= 0.55), or 0 for hard verdicts only")
@@ -137,9 +149,11 @@ class EvalSummary:
     judged: int
     """Pairs judged in this run."""
     stale: int
-    """Stored answers and judgments whose key differed from today's inputs: made again."""
+    """Stored answers, judgments and refusal verdicts whose key differed from today's inputs: made again."""
     seconds: float
     out: Path
+    asked: int = 0
+    """Answers the judge was asked the refusal question about in this run."""
 
 
 @locked_run
@@ -157,8 +171,10 @@ def run_eval(cfg: EvalConfig, engines: Mapping[str, Engine] | None = None, judge
     suites = load_suites(cfg.suites, cfg.default_suites, cfg.prompts_per_suite)
     engines = dict(engines or {})
     identities = {p.name: policy_identity(p, engines.get(p.name)) for p in policies}
-    # The judge is resolved only where something is judged (a second policy and a judged suite).
-    needs_judge = len(policies) > 1 and any(s.kind == "judged" for s in suites)
+    # The judge is resolved only where something is judged (a second policy and a judged suite,
+    # or a refusal suite under the judge classifier).
+    needs_judge = (len(policies) > 1 and any(s.kind == "judged" for s in suites)) or (
+        cfg.refusal == "judge" and any(s.kind != "judged" for s in suites))
     judge = models.identity(resolve_judge_engine(cfg.judge), judge_engine, context=True) if needs_judge else None
     # Each model's fingerprint is in its answers' and judgments' keys: an edited model folder makes
     # its records stale, and adding a policy on resume is no run-wide change. The constitution's
@@ -175,11 +191,17 @@ def run_eval(cfg: EvalConfig, engines: Mapping[str, Engine] | None = None, judge
         stale = len(store.stale)
     answers = {a.id: a for a in read_records(out / ANSWERS_FILE, EvalAnswer) if a.id in keys}
     pairs = comparison_pairs(policies, cfg.baseline, suites, answers)
-    judged, stale_judgments = judge_all(cfg, c, out, pairs, judge or {}, judge_engine)
+    shared = SharedEngine(resolve_judge_engine(cfg.judge), judge_engine)
+    try:
+        refusals = eval_refusals(cfg.refusal, cfg.refusal_threshold, out / REFUSALS_FILE, suites, answers, judge,
+                                 shared.get, cfg.chunk_size)
+        judged, stale_judgments = judge_all(cfg, c, out, pairs, judge or {}, shared.started)
+    finally:
+        shared.close()
     judgments = {j.id: j for j in read_records(out / JUDGMENTS_FILE, PairJudgment)} if pairs else {}
     report, rows = build_report(Inputs(
         policies=policies, baseline=cfg.baseline, suites=suites, answers=answers,
-        judgments={p.id: judgments[p.id] for p in pairs}, classifier=PatternRefusalClassifier(),
+        judgments={p.id: judgments[p.id] for p in pairs}, refusals=refusals.verdicts, refusal=refusals.provenance,
         constitution=c, identities=identities, judge=judge, sampling=sampling.to_dict(),
         seed=cfg.seed, tie_margin=cfg.tie_margin, resamples=cfg.resamples,
         judging=to_jsonable(cfg.judging), cai_version=cai.__version__))
@@ -190,7 +212,31 @@ def run_eval(cfg: EvalConfig, engines: Mapping[str, Engine] | None = None, judge
     report["cost"] = cost_report(policies, answers, identities)
     write_jsonl_atomic(out / ROWS_FILE, rows)
     write_json_atomic(out / REPORT_FILE, report)
-    return EvalSummary(report, answered, judged, stale + stale_judgments, time.perf_counter() - t0, out)
+    return EvalSummary(report, answered, judged, stale + stale_judgments + refusals.stale, time.perf_counter() - t0,
+                       out, refusals.asked)
+
+
+class SharedEngine:
+    """The judge's engine for the refusal verdicts and the judgments: made at most once, on first
+    use (a finished run loads no judge), and closed by the run that made it."""
+
+    def __init__(self, cfg: EngineConfig, given: Engine | None):
+        self.cfg, self.given = cfg, given
+        self.made: Engine | None = None
+
+    @property
+    def started(self) -> Engine | None:
+        return self.given or self.made
+
+    def get(self) -> Engine:
+        engine = self.started
+        if engine is None:
+            engine = self.made = make_engine(self.cfg)
+        return engine
+
+    def close(self) -> None:
+        if self.made is not None:
+            self.made.close()
 
 
 # --- Judging each policy against the baseline ------------------------------------------------------
