@@ -57,6 +57,7 @@ def make_eval(root: Path, *, extras: bool = True) -> Path:
         path = write_jsonl(root / f"{name}.jsonl", [{"id": f"{name}-{k}", "prompt": p} for k, p in enumerate(prompts)])
         suites.append(f"{name}={path}")
     cfg = EvalConfig(policies=("base=fake", "refuser=fake", "long=fake", "hostile=fake"), baseline="base",
+                     refusal="patterns",
                      out=root / "eval", suites=tuple(suites), default_suites=False, max_tokens=16, resamples=50)
     run_eval(cfg, engines={k: FakeEngine(respond=_policy(k)) for k in ("base", "refuser", "long", "hostile")},
              judge_engine=FakeEngine(score=prefers_longer))

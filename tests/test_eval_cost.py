@@ -118,7 +118,7 @@ def test_the_report_has_a_cost_per_policy_and_the_table_a_cost_column(tmp_path):
     runs = ladder(tmp_path)
     policies = ("base=fake", "prompted=fake+prompted", f"ppo={runs['ppo']}")
     cfg = EvalConfig(policies=policies, baseline="base", out=tmp_path / "eval", suites=suites(tmp_path),
-                     default_suites=False, max_tokens=12, resamples=50)
+                     refusal="patterns", default_suites=False, max_tokens=12, resamples=50)
     s = run_eval(cfg, engines={name: FakeEngine(respond=lambda prompt, i: EVAL_ANSWER)
                                for name in ("base", "prompted", "ppo")}, judge_engine=FakeEngine(score=prefers_longer))
     cost = s.report["cost"]

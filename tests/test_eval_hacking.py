@@ -119,6 +119,7 @@ def test_a_run_that_games_its_reward_model_is_flagged_and_one_that_improves_is_n
                                                            for k, f in plan.items()}}
     calls: list[int] = []
     cfg = EvalConfig(policies=("base=fake",), baseline="base", out=tmp_path / "eval", suites=suites(tmp_path),
+                     refusal="patterns",
                      default_suites=False, max_tokens=MAX_TOKENS, resamples=200, hacking=(f"ppo={run}",))
     s = run_eval(cfg, engines=engines, judge_engine=FakeEngine(score=prefers_longer),
                  reward_models={"ppo": count_cheers(calls)})
@@ -164,6 +165,7 @@ def test_a_judge_reward_run_has_no_reward_model_and_says_so(tmp_path):
     engines = {"base": FakeEngine(respond=cheers(0, 0)), "j-step-0": FakeEngine(respond=cheers(0, 0)),
                "j-step-2": FakeEngine(respond=cheers(0, 0))}
     cfg = EvalConfig(policies=("base=fake",), baseline="base", out=tmp_path / "eval", suites=suites(tmp_path),
+                     refusal="patterns",
                      default_suites=False, max_tokens=MAX_TOKENS, resamples=50, hacking=(f"j={run}",))
     h = run_eval(cfg, engines=engines, judge_engine=FakeEngine(score=prefers_longer)).report["reward_hacking"]["j"]
     assert "reward: judge" in h["error"] and "steps" not in h
@@ -182,6 +184,7 @@ def test_bad_hacking_specs_are_config_errors(tmp_path, spec, message):
         (tmp_path / "rm").rmdir()
     policies = ("base=fake", "base-step-0=fake") if message == "already taken" else ("base=fake",)
     cfg = EvalConfig(policies=policies, baseline="base", out=tmp_path / "eval", suites=suites(tmp_path),
+                     refusal="patterns",
                      default_suites=False, hacking=(spec.format(run=run, missing=tmp_path / "nope"),))
     with pytest.raises(ConfigError, match=message):
         run_eval(cfg, engines={"base": FakeEngine()}, judge_engine=FakeEngine())
@@ -193,7 +196,7 @@ def test_a_finished_sft_folder_is_not_a_ppo_run(tmp_path):
     (sft / "config.yaml").write_text("model: default\n")
     (sft / "train_done.json").write_text(json.dumps({"stage": "sft", "steps": 3}))
     cfg = EvalConfig(policies=("base=fake",), baseline="base", out=tmp_path / "eval", suites=suites(tmp_path),
-                     default_suites=False, hacking=(f"x={sft}",))
+                     refusal="patterns", default_suites=False, hacking=(f"x={sft}",))
     with pytest.raises(ConfigError, match="is a `sft` run, not a `cai ppo` run"):
         run_eval(cfg, engines={"base": FakeEngine()}, judge_engine=FakeEngine())
 
@@ -213,7 +216,8 @@ def test_the_cli_takes_hacking_and_prints_its_table(tmp_path, monkeypatch):
     monkeypatch.setattr("cai.cli.eval.run_eval", scripted)
     monkeypatch.setattr(hacking, "_load_scorer", lambda folder: pytest.fail("the scripted scorer is used"))
     args = ["eval", "--policy", "base=fake", "--baseline", "base", "--out", str(tmp_path / "eval"),
-            "--no-default-suites", "--hacking", f"ppo={run}", "--max-tokens", str(MAX_TOKENS), "--resamples", "50"]
+            "--no-default-suites", "--hacking", f"ppo={run}", "--max-tokens", str(MAX_TOKENS), "--resamples", "50",
+            "--refusal", "patterns"]
     for s in suites(tmp_path):
         args += ["--suite", s]
     r = CliRunner().invoke(app, args)
@@ -250,6 +254,7 @@ def test_a_tiny_ppo_run_with_snapshots_on_the_real_engine(tmp_path, vllm_engine,
     helpful = write_jsonl(tmp_path / "helpful.jsonl", [{"id": f"h{i}", "prompt": f"Name a fruit, number {i}."}
                                                        for i in range(3)])
     cfg = EvalConfig(policies=(f"start={policy}",), baseline="start", out=tmp_path / "eval",
+                     refusal="patterns",
                      suites=(f"helpful={helpful}",), default_suites=False, hacking=(f"ppo={tmp_path / 'ppo'}",),
                      engine=EngineConfig(backend="hf"), max_tokens=6, resamples=100)
     s = run_eval(cfg, judge_engine=vllm_engine)
