@@ -25,9 +25,10 @@ cai ppo --policy "$OUT/sft" --reward-model "$OUT/rm" --prompts "$PROMPTS" --out 
     --steps 2 --batch-size 4 --max-new-tokens 32 --snapshot-every 1
 # The ladder on the first 8 prompts of each packaged suite: did SFT and PPO beat the base model and
 # the base model prompted with the constitution? --hacking also evaluates each PPO step (reward
-# model score against the judge's win rate). A 135M judge is near chance: read the intervals.
+# model score against the judge's win rate). A 135M judge is near chance: read the intervals; it
+# cannot tell a refusal either (docs/eval.md), so refusals are counted by the pattern list.
 cai eval --policy base=default --policy prompted=default+prompted --policy sft="$OUT/sft" \
     --policy ppo="$OUT/ppo" --baseline base --hacking ppo-run="$OUT/ppo" --prompts-per-suite 8 \
-    --max-tokens 96 --constitution principles.yaml --out "$OUT/eval"
+    --refusal patterns --max-tokens 96 --constitution principles.yaml --out "$OUT/eval"
 cai report "$OUT" --out "$OUT/report.html"
 echo "Done: the trained policy is in $OUT/ppo (a Hugging Face folder); open $OUT/report.html."
