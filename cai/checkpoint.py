@@ -198,7 +198,7 @@ def finished_run(out: Path, cfg: Any, inputs: dict[str, Any] | None = None) -> d
         return None
     path = Path(out) / CONFIG_FILE
     old = yaml.safe_load(path.read_text()) if path.exists() else {}
-    changes = cfg_mod.diff(old or {}, cfg_mod.to_jsonable(cfg))
+    changes = cfg_mod.diff(cfg_mod.with_new_defaults(old or {}, cfg), cfg_mod.to_jsonable(cfg))
     if inputs is not None:
         old_inputs = Path(out) / INPUTS_FILE
         old_inputs = json.loads(old_inputs.read_text()) if old_inputs.exists() else {}

@@ -221,6 +221,23 @@ def save(config: Any, path: Path) -> None:
     write_text_atomic(path, yaml.safe_dump(to_jsonable(config), sort_keys=False))
 
 
+def with_new_defaults(old: dict[str, Any], config: Any) -> dict[str, Any]:
+    """`old` (a saved config) with every field it lacks that `config`'s class gives a default set
+    to that default: a field a newer cai added reads as the behaviour the run already had, so a
+    run made before it resumes without --force. Fields `old` holds are left as they are."""
+    if not (dataclasses.is_dataclass(config) and isinstance(old, dict)):
+        return old
+    out = dict(old)
+    for f in dataclasses.fields(config):
+        if f.name in out:
+            out[f.name] = with_new_defaults(out[f.name], getattr(config, f.name))
+        elif f.default is not dataclasses.MISSING:
+            out[f.name] = to_jsonable(f.default)
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = to_jsonable(f.default_factory())
+    return out
+
+
 def diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
     """Human-readable differences between two resolved configs (as saved with `save`)."""
     out = []

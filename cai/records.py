@@ -300,7 +300,7 @@ def open_run_dir(out: Path, config: Any, force: bool = False, *, inputs: dict[st
     new = cfg.to_jsonable(config)
     has_records = records is None or ((out / records).exists() and (out / records).stat().st_size > 0)
     if path.exists() and not force and has_records:
-        old = yaml.safe_load(path.read_text()) or {}
+        old = cfg.with_new_defaults(yaml.safe_load(path.read_text()) or {}, config)
         changes = [c for c in cfg.diff(old, new) if not c.startswith(resumable)]
         if inputs is not None:
             old_inputs = _read_inputs(out)

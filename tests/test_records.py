@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -54,6 +54,42 @@ def test_run_dir_refuses_a_different_config_and_names_the_difference(tmp_path):
         open_run_dir(tmp_path, Cfg(a=2))
     open_run_dir(tmp_path, Cfg(a=2), force=True)
     assert "a: 2" in (tmp_path / "config.yaml").read_text()
+
+
+@dataclass(frozen=True)
+class Inner:
+    c: int = 3
+
+
+@dataclass(frozen=True)
+class Newer:
+    a: int = 1
+    b: str = "x"
+    inner: Inner = field(default_factory=Inner)
+
+
+def test_a_field_added_since_the_run_resumes_at_its_default_and_is_refused_away_from_it(tmp_path):
+    # A run folder written before fields `b` and `inner.c` existed.
+    (tmp_path / "config.yaml").write_text("a: 1\ninner: {}\n")
+    open_run_dir(tmp_path, Newer())  # the new fields at their defaults: the behaviour the run had
+    (tmp_path / "config.yaml").write_text("a: 1\ninner: {}\n")
+    with pytest.raises(ResumeError, match=r"b: 'x' -> 'y'"):
+        open_run_dir(tmp_path, Newer(b="y"))
+    with pytest.raises(ResumeError, match=r"inner.c: 3 -> 4"):
+        open_run_dir(tmp_path, Newer(inner=Inner(c=4)))
+    (tmp_path / "config.yaml").write_text("a: 1\nb: z\n")  # a saved value is never overridden
+    with pytest.raises(ResumeError, match=r"b: 'z' -> 'x'"):
+        open_run_dir(tmp_path, Newer())
+
+
+def test_a_finished_run_made_before_a_field_existed_is_reused_at_its_default(tmp_path):
+    from cai.checkpoint import DONE_FILE, finished_run
+
+    (tmp_path / "config.yaml").write_text("a: 1\ninner: {}\n")
+    (tmp_path / DONE_FILE).write_text('{"steps": 3}')
+    assert finished_run(tmp_path, Newer())["steps"] == 3
+    with pytest.raises(ResumeError, match=r"b: 'x' -> 'y'"):
+        finished_run(tmp_path, Newer(b="y"))
 
 
 def test_read_jsonl_error_is_located(tmp_path):
