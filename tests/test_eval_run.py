@@ -91,6 +91,35 @@ def engines() -> dict[str, FakeEngine]:
             "prompted": FakeEngine(respond=prompted)}
 
 
+def signed(prompt: str, i: int) -> str:
+    """BASE with its last word replaced by a name: as long as BASE, word for word."""
+    return BASE.rsplit(" ", 1)[0] + " Ada."
+
+
+def prefers_ada(prompt: str, option: str) -> float:
+    """A judge that prefers whichever response names Ada, in either position; else no preference."""
+    a, b = ("Ada" in t for t in last_pair(prompt))
+    mine, other = (a, b) if option == "A" else (b, a)
+    return 0.0 if mine or not other else -10.0
+
+
+def test_a_judge_that_prefers_one_name_gives_it_every_win_that_length_does_not_explain(tmp_path):
+    cfg = config(tmp_path, ("base=fake", "signed=fake", "long=fake"))
+    run_eval(cfg, engines={"base": FakeEngine(respond=base_answer), "signed": FakeEngine(respond=signed),
+                           "long": FakeEngine(respond=longer)},
+             judge_engine=FakeEngine(score=prefers_ada))
+    res = json.loads((tmp_path / "eval" / "report.json").read_text())["results"]
+    # The named policy wins every prompt in both orders at the baseline's length: the length
+    # control leaves the win where it is (there is no length difference to take out).
+    win = res["signed"]["helpful"]["win_rate"]
+    assert win["wins"] == 6 and win["orders_agree"] == 1.0
+    assert res["signed"]["helpful"]["length_drift"]["difference"]["value"] == 0
+    assert res["signed"]["helpful"]["length_controlled_win_rate"]["estimate"]["value"] == 1.0
+    # The longer policy names no one: to this judge it is no better (every order a tie).
+    assert res["long"]["helpful"]["win_rate"]["estimate"]["value"] == 0.5
+    assert res["long"]["helpful"]["win_rate"]["ties"] == 6
+
+
 def test_the_report_holds_the_hand_computed_figures(tmp_path):
     judge = FakeEngine(score=prefers_longer)
     s = run_eval(config(tmp_path, LADDER), engines=engines(), judge_engine=judge)
