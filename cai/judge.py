@@ -182,6 +182,13 @@ class ResponsePair:
     """The conversation the responses answer (ends with the user turn)."""
     x: str
     y: str
+    draw_id: str = ""
+    """Seeds the principle draw instead of `id` when set: `cai eval` gives every policy's pair for
+    one prompt the same draw id, so all policies are judged under the same principles there."""
+
+    @property
+    def principle_key(self) -> str:
+        return self.draw_id or self.id
 
 
 @dataclass(frozen=True)
@@ -254,7 +261,7 @@ def judge_pairs(engine: Engine, c: Constitution, pairs: Sequence[ResponsePair], 
     pairs whose prompts exceed the judge's context come back as `too_long`."""
     cue = judge_answer_cue(c)
     k = options.principles_per_pair
-    principles = [draw_principles(c, options, seed, pair.id) for pair in pairs]
+    principles = [draw_principles(c, options, seed, pair.principle_key) for pair in pairs]
     # texts[i*2k + 2j + o]: pair i, principle j, order o (0 = x as (A), 1 = y as (A)).
     heads = [t for pair, ps in zip(pairs, principles, strict=True) for p in ps
              for t in judge_prompt_texts(engine, c, pair, p)]

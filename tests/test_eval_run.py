@@ -120,6 +120,15 @@ def test_a_judge_that_prefers_one_name_gives_it_every_win_that_length_does_not_e
     assert res["long"]["helpful"]["win_rate"]["ties"] == 6
 
 
+def test_every_policy_is_judged_under_the_same_principles_on_a_prompt(tmp_path):
+    run_eval(config(tmp_path, LADDER), engines=engines(), judge_engine=FakeEngine(score=prefers_longer))
+    drawn: dict[str, set[tuple[str, ...]]] = {}
+    for j in read_jsonl(tmp_path / "eval" / "judgments.jsonl"):
+        drawn.setdefault(j["group_id"], set()).add(tuple(j["principles"]))
+    assert len(drawn) == 6 and all(len(v) == 1 for v in drawn.values())  # one draw per prompt, 4 policies
+    assert len({v.pop() for v in drawn.values()}) > 1  # and the draw still varies between prompts
+
+
 def test_the_report_holds_the_hand_computed_figures(tmp_path):
     judge = FakeEngine(score=prefers_longer)
     s = run_eval(config(tmp_path, LADDER), engines=engines(), judge_engine=judge)

@@ -254,7 +254,9 @@ def comparison_pairs(policies: Sequence[Policy], baseline: str, suites: Sequence
                 continue
             for r in s.records:
                 a, b = answers[answer_id(p.name, s.name, r.id)], answers[answer_id(baseline, s.name, r.id)]
-                out.append(ResponsePair(a.id, list(a.prompt), a.answer.strip(), b.answer.strip()))
+                # Drawn by suite and prompt: every policy is judged under the same principles on a prompt.
+                out.append(ResponsePair(a.id, list(a.prompt), a.answer.strip(), b.answer.strip(),
+                                        draw_id=f"{s.name}/{r.id}"))
     return out
 
 
@@ -263,8 +265,8 @@ def judge_all(cfg: EvalConfig, c: Constitution, out: Path, pairs: Sequence[Respo
     """Judge every pair not yet stored (DIR/judgments.jsonl). Returns (judged now, stale)."""
     if not pairs:
         return 0, 0
-    keys = {p.id: judgment_key(p, draw_principles(c, cfg.judging, cfg.seed, p.id), judge, c, cfg.judging, cfg.seed)
-            for p in pairs}
+    keys = {p.id: judgment_key(p, draw_principles(c, cfg.judging, cfg.seed, p.principle_key), judge, c, cfg.judging,
+                               cfg.seed) for p in pairs}
     with JsonlStore(out / JUDGMENTS_FILE, current_keys=keys) as store:
         pending = [p for p in pairs if p.id not in store]
         if pending:
