@@ -238,6 +238,29 @@ def test_ticks_are_round_and_cover_the_range(lo, hi, whole, expected):
     assert svg.ticks(lo, hi, whole=whole) == pytest.approx(expected)
 
 
+def _numbers(obj, f):
+    """`obj` with every number (not bool) replaced by f(number)."""
+    if isinstance(obj, dict):
+        return {k: _numbers(v, f) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_numbers(v, f) for v in obj]
+    return f(obj) if isinstance(obj, int | float) and not isinstance(obj, bool) else obj
+
+
+@pytest.mark.parametrize("big", [1e308, 1e30])
+def test_huge_numbers_in_report_json_draw_inside_the_charts(runs, tmp_path, big):
+    """Every number of an eval's report.json made huge, of both signs (a diverged run, another
+    tool's file): the page is still made, and no coordinate is inf or nan (a broken SVG)."""
+    folder = tmp_path / "eval"
+    shutil.copytree(runs["eval"], folder)
+    report = json.loads((folder / "report.json").read_text())
+    (folder / "report.json").write_text(json.dumps(_numbers(report, lambda v: big if v > 0.3 else -big)))
+    page, _ = build_report([folder])
+    assert 'class="mark"' in section(page, "ladder") and 'class="mark"' in section(page, "hacking")
+    assert not re.findall(r'(?:x|y|x1|x2|y1|y2|cx|cy|width|height|points)="[^"]*(?:inf|nan)', page)
+    assert all(0 <= float(c) <= 1000 for c in re.findall(r' c[xy]="([^"]+)"', page))
+
+
 def test_a_chart_escapes_its_labels_and_marks_its_data():
     out = svg.interval_chart([svg.Interval("<b>x</b>", 0.5, 0.4, 0.6, 3), svg.Interval('"y"', None, note="<i>")],
                              "t<")
