@@ -263,3 +263,31 @@ def test_a_tiny_ppo_run_with_snapshots_on_the_real_engine(tmp_path, vllm_engine,
     ppo_cost = s.report["cost"]
     assert "ppo-step-2" in ppo_cost and ppo_cost["ppo-step-2"]["stages"][-1]["stage"] == "ppo"
     assert ppo_cost["ppo-step-2"]["stages"][-1]["training_steps"] == 2
+
+
+@pytest.mark.parametrize("role", ["policy", "reward_model"])
+def test_a_start_policy_or_reward_model_retrained_in_place_since_the_run_is_refused(tmp_path, tiny, role):
+    """Step 0 must be the policy the run started from and the scores its own reward model's: the
+    run's inputs.json recorded their fingerprints, and a folder that holds another model since (a
+    retrained SFT or RM in the same folder) is refused, naming it, before any answer."""
+    import shutil
+
+    from cai import models
+    from cai.config import EngineConfig
+    from cai.eval.hacking import parse_hacking
+
+    run = ppo_run(tmp_path)
+    folders = {"policy": tmp_path / "sft", "reward_model": tmp_path / "rm"}
+    shutil.rmtree(folders["reward_model"])
+    for f in folders.values():
+        shutil.copytree(tiny, f)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    (run / "config.yaml").write_text(yaml.safe_dump({**cfg, "policy": str(folders["policy"])}))
+    (run / "inputs.json").write_text(json.dumps({"model_fingerprints": {k: models.fingerprint(f)
+                                                                         for k, f in folders.items()}}))
+    (h,) = parse_hacking([f"ppo={run}"], EngineConfig(backend="fake"))
+    assert h.steps[0].engine.model == str(folders["policy"]) and h.reward_model == str(folders["reward_model"])
+    config = folders[role] / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "retrained": True}))
+    with pytest.raises(ConfigError, match=f"the run's {role} {folders[role]} .*holds another model"):
+        parse_hacking([f"ppo={run}"], EngineConfig(backend="fake"))

@@ -35,12 +35,12 @@ import yaml
 from cai import models, provenance
 from cai.checkpoint import DONE_FILE
 from cai.config import EngineConfig, to_jsonable
-from cai.errors import ConfigError, InputError
+from cai.errors import ConfigError, InputError, ModelNotFoundError
 from cai.eval import measures
 from cai.eval.answers import answer_id
 from cai.eval.policies import NAME, Policy
 from cai.eval.suites import Suite
-from cai.records import CONFIG_FILE, JsonlStore
+from cai.records import CONFIG_FILE, INPUTS_FILE, JsonlStore
 from cai.schema import EvalAnswer, PairJudgment
 from cai.snapshots import list_snapshots
 
@@ -100,7 +100,28 @@ def _read_run(name: str, run: Path, engine: EngineConfig, text: str) -> HackingR
     if rm is not None and not Path(rm).is_dir():  # checked now, not after every answer is judged
         raise ConfigError(f"--hacking {text!r}: the run's reward model {rm} (reward_model in {config}) is not a "
                           "folder here", fix="run cai eval from the folder `cai ppo` ran in, or restore the folder")
+    recorded = (json.loads((run / INPUTS_FILE).read_text()) if (run / INPUTS_FILE).is_file() else {}).get(
+        "model_fingerprints") or {}
+    for role, folder in (("policy", folders[0]), ("reward_model", rm)):
+        if folder is not None and recorded.get(role) is not None:
+            _check_unchanged(role, folder, recorded[role], text, run)
     return HackingRun(name, run, steps, rm)
+
+
+def _check_unchanged(role: str, folder: str, recorded: str, text: str, run: Path) -> None:
+    """Step 0 must be the policy the run started from, and the scores those of the reward model
+    it trained on: the folders the run's config names (paths relative to where `cai ppo` ran)
+    must hold what they held then (inputs.json's fingerprints), not a model retrained in place."""
+    try:  # as the run resolved it (cai.ppo_state.run_inputs)
+        now = models.fingerprint(models.resolve(folder, prepare=False))
+    except ModelNotFoundError:
+        now = None
+    if now != recorded:
+        what = "is not a model folder here" if now is None else \
+            f"holds another model than the run was made from (fingerprint {now}; the run recorded {recorded})"
+        raise ConfigError(f"--hacking {text!r}: the run's {role} {folder} ({role} in {run / CONFIG_FILE}) {what}",
+                          fix="run cai eval from the folder `cai ppo` ran in, and restore the folder as the run "
+                              "used it (a model retrained in place changes it)")
 
 
 def hacking_policies(runs: Sequence[HackingRun], policies: Sequence[Policy]) -> list[Policy]:
