@@ -261,6 +261,32 @@ def test_huge_numbers_in_report_json_draw_inside_the_charts(runs, tmp_path, big)
     assert all(0 <= float(c) <= 1000 for c in re.findall(r' c[xy]="([^"]+)"', page))
 
 
+@pytest.mark.parametrize("kind, path, value", [
+    ("eval", ("results", "base", "harmful"), "x"),
+    ("eval", ("results", "base"), None),
+    ("eval", ("results", "refuser", "helpful", "win_rate_by_principle"), 7),
+    ("eval", ("provenance",), "x"),
+    ("eval", ("provenance", "policies"), "x"),
+    ("eval", ("provenance", "suites"), 7),
+    ("eval", ("cost", "base", "stages"), 7),
+    ("eval", ("cost", "base", "notes"), 7),
+    ("judge_eval", ("calibration", "bins"), 7),
+])
+def test_a_part_of_report_json_in_an_unknown_shape_leaves_the_rest_of_the_page(runs, tmp_path, kind, path, value):
+    """report.json from another cai version or edited by hand: a part in a shape the report does not
+    know is left out (its panel draws without it), not a traceback for the whole page."""
+    folder = tmp_path / kind
+    shutil.copytree(runs[kind], folder)
+    report = json.loads((folder / "report.json").read_text())
+    inner = report
+    for key in path[:-1]:
+        inner = inner[key]
+    inner[path[-1]] = value
+    (folder / "report.json").write_text(json.dumps(report))
+    page, _ = build_report([folder])
+    assert 'class="mark"' in section(page, "ladder" if kind == "eval" else "judge")
+
+
 def test_a_chart_escapes_its_labels_and_marks_its_data():
     out = svg.interval_chart([svg.Interval("<b>x</b>", 0.5, 0.4, 0.6, 3), svg.Interval('"y"', None, note="<i>")],
                              "t<")

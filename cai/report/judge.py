@@ -48,7 +48,8 @@ def judge_eval_panel(run: Run) -> str:
             rows.append(svg.Interval(label, f.value, f.low, f.high, f.n))
     figures = [figure("Agreement, consistency and length (95% intervals)",
                       svg.interval_chart(rows, "judge eval rates", reference=0.5))] if rows else []
-    bins = [b for b in _get(r, ("calibration", "bins")) or [] if isinstance(b, Mapping)]
+    bins = _get(r, ("calibration", "bins"))
+    bins = [b for b in bins if isinstance(b, Mapping)] if isinstance(bins, list) else []
     points = [(c, a, int(b["n"])) for b in bins
               if (c := number(b.get("mean_confidence"))) is not None and (a := number(b.get("agreement"))) is not None
               and isinstance(b.get("n"), int) and b["n"] > 0]
