@@ -8,8 +8,9 @@ folder and renamed into place, so a folder under its final name is complete. A r
 from its checkpoint at step N first drops the snapshots after N (`drop_after`): they were written
 by the part of the run that is redone, perhaps under a config --force changed since, or with
 rollouts that do not repeat bit for bit (vLLM on a GPU), so every snapshot is the policy this run
-passed through on its way to the final one. Otherwise snapshots/ is kept after the run, unlike
-checkpoints/.
+passed through on its way to the final one; and it writes snapshot N itself when a Ctrl-C cut its
+writing short (the checkpoint at N was still saved). Otherwise snapshots/ is kept after the run,
+unlike checkpoints/.
 """
 
 from __future__ import annotations

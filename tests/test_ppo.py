@@ -547,6 +547,39 @@ def test_a_forced_resume_with_a_new_config_redoes_the_snapshots_past_its_checkpo
     assert any(not torch.equal(old[3][n], new[3][n]) for n in old[3])
 
 
+def test_a_ctrl_c_while_a_snapshot_is_written_still_leaves_that_snapshot_after_the_resume(tiny, tmp_path, monkeypatch):
+    """Ctrl-C inside the writing of snapshot 2 (its temporary folder half written): the run saves
+    checkpoint 2 (the models hold step 2 exactly) and stops. The resumed run continues from step 3,
+    so it must write snapshot 2 from the resumed weights first, equal to an uninterrupted run's."""
+    from safetensors.torch import load_file
+
+    import cai.ppo
+    from cai.snapshots import save_snapshot
+
+    kw = dict(steps=3, snapshot_every=1, checkpoint_every=0)
+    ref_dir, cut_dir = tmp_path / "a", tmp_path / "b"
+    ref_dir.mkdir()
+    cut_dir.mkdir()
+    train_ppo(tiny_config(tiny, ref_dir, **kw), progress=False)
+
+    def interrupted(out, step, policy, *args):
+        if step == 2:
+            (Path(out) / "snapshots" / ".step-000002.tmp").mkdir(parents=True)
+            raise KeyboardInterrupt
+        return save_snapshot(out, step, policy, *args)
+
+    monkeypatch.setattr(cai.ppo, "save_snapshot", interrupted)
+    cfg = tiny_config(tiny, cut_dir, **kw)
+    with pytest.raises(KeyboardInterrupt):
+        train_ppo(cfg, progress=False)
+    assert (cut_dir / "out" / "checkpoints" / "step-00000002").is_dir()
+    monkeypatch.setattr(cai.ppo, "save_snapshot", save_snapshot)
+    summary = train_ppo(cfg, progress=False)
+    assert summary["resumed_from"] == 2 and sorted(summary["snapshots"]) == ["1", "2"]
+    a, b = (load_file(d / "out" / "snapshots" / "step-000002" / "model.safetensors") for d in (ref_dir, cut_dir))
+    assert all(torch.equal(a[n], b[n]) for n in a)
+
+
 def test_without_snapshot_every_a_run_writes_no_snapshots(tiny, tmp_path):
     summary = train_ppo(tiny_config(tiny, tmp_path, steps=1), progress=False)
     assert not (tmp_path / "out" / "snapshots").exists() and "snapshots" not in summary
