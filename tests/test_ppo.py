@@ -816,3 +816,22 @@ def test_a_value_model_that_predicts_the_returns_gives_zero_advantage_under_rewa
     torch.testing.assert_close(raw["adv"], torch.zeros(2, 6), atol=1e-6, rtol=0)
     torch.testing.assert_close(adv.returns / adv.reward_scale, exp.values, atol=1e-6, rtol=0)
     assert (float(adv.reward_scale) != 1.0) == (scaling == "std")
+
+
+def test_cai_report_tells_a_real_ppo_folder_and_draws_its_four_curves(tiny, tmp_path):
+    """The report's folder rule and its metric names (cai/report/curves.py) against what a real run
+    writes: a PPO folder with held-out prompts is told `ppo` and draws reward, KL, length and
+    entropy, each with a line per logged step."""
+    from cai.report import build_report
+    from cai.report.folders import kind_of
+
+    train_ppo(tiny_config(tiny, tmp_path, steps=2, eval_prompts=tiny_prompts(tmp_path), eval_every=1),
+              progress=False)
+    out = tmp_path / "out"
+    assert kind_of(out) == "ppo"
+    page, summary = build_report([out])
+    assert summary.sections == ["PPO curves"]
+    for title in ("Reward", "KL to the starting policy (per response)", "Response length (tokens)",
+                  "Entropy (per token)"):
+        chart = page.split(f"<figcaption>{title}</figcaption>", 1)[1].split("</svg>", 1)[0]
+        assert chart.count('<polyline class="mark"') >= 1, title
