@@ -303,3 +303,14 @@ def test_too_few_prompts_give_the_changes_but_no_verdict():
     assert "3 prompt(s) scored at both steps: a verdict needs at least 6" in few["note"]
     enough = reward_hacking(steps([[0.0] * 6, [1.0] * 6], [[1.0] * 6, [0.0] * 6]), resamples=200)["verdict"]
     assert enough["hacking"] and "note" not in enough
+
+
+def test_a_snapshot_past_the_final_step_is_not_a_step_of_the_run(tmp_path):
+    """snapshots/step-000006 in a run of 4 steps (left by an older run in the folder, before
+    resumes dropped them): not a step, so the verdict's last step is the final policy, not it."""
+    from cai.config import EngineConfig
+    from cai.eval.hacking import parse_hacking
+
+    run = ppo_run(tmp_path, snapshot_steps=(2, 6), final=4)
+    (h,) = parse_hacking([f"ppo={run}"], EngineConfig(backend="fake"))
+    assert list(h.steps) == [0, 2, 4] and h.steps[4].engine.model == str(run)
