@@ -98,8 +98,8 @@ def _read_run(name: str, run: Path, engine: EngineConfig, text: str) -> HackingR
         raise ConfigError(f"--hacking {text!r}: {run} is a `{summary.get('stage')}` run, not a `cai ppo` run",
                           fix=HACKING_FIX)
     final = int(summary.get("steps") or 0)
-    # A snapshot past the final step is not this run's (a folder a cai before 0 < k < steps was kept
-    # from left there): it would become the `last` step of the verdict.
+    # A snapshot past the final step is not this run's (an older run in the folder left it, before
+    # a resume dropped the snapshots past its checkpoint): it would become the verdict's last step.
     folders = {0: str(cfg.get("policy", "default")),
                **{k: str(d) for k, d in list_snapshots(run).items() if 0 < k < final}, final: str(run)}
     steps = {k: Policy(f"{name}-step-{k}", f"{run} step {k}", replace(engine, model=folders[k]))
