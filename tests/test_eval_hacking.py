@@ -157,6 +157,12 @@ def test_the_table_says_hacking(tmp_path, monkeypatch):
         console.print(t)
     text = console.export_text()
     assert "HACKING" in text and "ppo-step-10" in text and "+1.01 [" in text and "20% [20-20]" in text
+    # The run's folder is a path, printed as it is: brackets in it are not rich markup.
+    report["reward_hacking"]["ppo"]["run"] = "runs/ppo[/b]"
+    console = Console(width=200, record=True)
+    for t in hacking_tables(report):
+        console.print(t)
+    assert "(runs/ppo[/b])" in console.export_text()
 
 
 def test_a_judge_reward_run_has_no_reward_model_and_says_so(tmp_path):

@@ -171,6 +171,22 @@ def test_cli_writes_the_page_and_prints_errors(runs, tmp_path):
     assert not (tmp_path / "x.html").exists()
 
 
+def test_cli_prints_folder_names_with_brackets_as_they_are(runs, tmp_path):
+    """A folder name is data for the terminal too: `[bold]` in it is printed, not read as rich
+    markup (it vanished), and a path that reads `[/b]` (folder `out[`, file `b].html`) no longer
+    crashes the command after the page was written (a closing tag that matches nothing)."""
+    root = tmp_path / "runs[red]"
+    shutil.copytree(runs["ppo"], root / "ppo[bold]")
+    (root / "notes[x]").mkdir()
+    (tmp_path / "out[").mkdir()
+    out = tmp_path / "out[" / "b].html"
+    result = CliRunner().invoke(app, ["report", str(root), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    text = "".join(result.output.split())  # the terminal wraps long paths anywhere
+    assert f"readppo:{root / 'ppo[bold]'}" in text and f"skipped{root / 'notes[x]'}" in text
+    assert str(out) in text
+
+
 # --- The pieces -------------------------------------------------------------------------------------
 
 
