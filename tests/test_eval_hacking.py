@@ -193,6 +193,18 @@ def test_bad_hacking_specs_are_config_errors(tmp_path, spec, message):
         run_eval(cfg, engines={"base": FakeEngine()}, judge_engine=FakeEngine())
 
 
+def test_a_ppo_summary_without_its_step_count_is_a_config_error(tmp_path):
+    """train_done.json without `steps` (edited, or another tool's): named, not a KeyError, and not
+    a final step 0 that would stand in for the starting policy."""
+    from cai.config import EngineConfig
+    from cai.eval.hacking import parse_hacking
+
+    run = ppo_run(tmp_path)
+    (run / "train_done.json").write_text(json.dumps({"stage": "ppo", "seconds": 1.0}))
+    with pytest.raises(ConfigError, match=r"train_done.json records no step count \(steps: None\)"):
+        parse_hacking([f"ppo={run}"], EngineConfig(backend="fake"))
+
+
 def test_a_finished_sft_folder_is_not_a_ppo_run(tmp_path):
     sft = tmp_path / "sft"
     sft.mkdir()

@@ -97,7 +97,10 @@ def _read_run(name: str, run: Path, engine: EngineConfig, text: str) -> HackingR
     if summary.get("stage") != "ppo":
         raise ConfigError(f"--hacking {text!r}: {run} is a `{summary.get('stage')}` run, not a `cai ppo` run",
                           fix=HACKING_FIX)
-    final = int(summary.get("steps") or 0)
+    final = summary.get("steps")
+    if isinstance(final, bool) or not isinstance(final, int) or final < 1:
+        raise ConfigError(f"--hacking {text!r}: {done} records no step count (steps: {final!r})",
+                          fix="point --hacking at the folder of a finished `cai ppo` run of at least one step")
     # A snapshot past the final step is not this run's (an older run in the folder left it, before
     # a resume dropped the snapshots past its checkpoint): it would become the verdict's last step.
     folders = {0: str(cfg.get("policy", "default")),
