@@ -303,6 +303,18 @@ def test_a_part_of_report_json_in_an_unknown_shape_leaves_the_rest_of_the_page(r
     assert 'class="mark"' in section(page, "ladder" if kind == "eval" else "judge")
 
 
+def test_a_nan_soft_label_in_judgments_jsonl_is_left_out_of_the_histogram(runs, tmp_path):
+    """judgments.jsonl of `cai label` with p = NaN on one pair (JSON allows it): the histogram counts
+    the others instead of the page failing on int(NaN)."""
+    folder = tmp_path / "label"
+    shutil.copytree(runs["label"], folder)
+    lines = (folder / "judgments.jsonl").read_text().splitlines()
+    lines[0] = json.dumps({**json.loads(lines[0]), "p": float("nan")})
+    (folder / "judgments.jsonl").write_text("\n".join(lines) + "\n")
+    page, _ = build_report([folder])
+    assert "Soft labels" in section(page, "judge")
+
+
 def test_a_chart_escapes_its_labels_and_marks_its_data():
     out = svg.interval_chart([svg.Interval("<b>x</b>", 0.5, 0.4, 0.6, 3), svg.Interval('"y"', None, note="<i>")],
                              "t<")

@@ -83,9 +83,10 @@ def label_panel(run: Run) -> str:
         if (v := number(s.get(key))) is not None:
             items.append((svg.pct(v) if key == "first_position_rate" else f"{v:.3f}", label))
     figures = []
-    if judged:
+    soft = [p for j in judged if (p := number(j.verdict.p)) is not None]  # a NaN p would break the bins
+    if soft:
         figures.append(figure("Soft labels: P(x better than y), both orders averaged",
-                              svg.histogram([j.verdict.p for j in judged], "soft labels", x_label="p")))
+                              svg.histogram(soft, "soft labels", x_label="p")))
     usage = s.get("principles") if isinstance(s.get("principles"), Mapping) else None
     if not usage:
         usage = {}
