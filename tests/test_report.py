@@ -303,13 +303,14 @@ def test_a_part_of_report_json_in_an_unknown_shape_leaves_the_rest_of_the_page(r
     assert 'class="mark"' in section(page, "ladder" if kind == "eval" else "judge")
 
 
-def test_a_nan_soft_label_in_judgments_jsonl_is_left_out_of_the_histogram(runs, tmp_path):
-    """judgments.jsonl of `cai label` with p = NaN on one pair (JSON allows it): the histogram counts
-    the others instead of the page failing on int(NaN)."""
+@pytest.mark.parametrize("p", [float("nan"), 1e308])
+def test_a_nan_or_huge_soft_label_in_judgments_jsonl_still_gives_the_histogram(runs, tmp_path, p):
+    """judgments.jsonl of `cai label` with p = NaN (JSON allows it; left out) or 1e308 (counted in
+    the last bin) on one pair: the histogram is drawn instead of the page failing on int()."""
     folder = tmp_path / "label"
     shutil.copytree(runs["label"], folder)
     lines = (folder / "judgments.jsonl").read_text().splitlines()
-    lines[0] = json.dumps({**json.loads(lines[0]), "p": float("nan")})
+    lines[0] = json.dumps({**json.loads(lines[0]), "p": p})
     (folder / "judgments.jsonl").write_text("\n".join(lines) + "\n")
     page, _ = build_report([folder])
     assert "Soft labels" in section(page, "judge")

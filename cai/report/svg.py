@@ -247,7 +247,8 @@ def histogram(values: Sequence[float], title: str, *, lo: float = 0.0, hi: float
     """Counts of `values` in `bins` equal bins over [lo, hi] (the last bin includes hi)."""
     counts = [0] * bins
     for v in values:
-        counts[min(bins - 1, max(0, int((v - lo) / (hi - lo) * bins)))] += 1
+        if math.isfinite(v):  # clamped before int(): a huge value divides to inf
+            counts[int(min(bins - 1, max(0.0, (v - lo) / (hi - lo) * bins)))] += 1
     left, right, top, plot_h = 48, 16, 12, 140
     x = Scale(lo, hi, left, WIDTH - right)
     grid = ticks(0, max(counts), 4)
