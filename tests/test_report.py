@@ -83,6 +83,23 @@ def test_a_panel_is_absent_without_its_data(runs, kind):
     assert section_ids(page) == SECTION_IDS[kind]
 
 
+def test_a_figure_report_json_gives_as_an_error_says_why_and_the_fix(runs, tmp_path):
+    """The length-controlled win rate of a policy whose answers are all 3 tokens longer cannot be
+    computed (report.json: {error, fix}); its cell says n/a and a note below the table says why and
+    what to do, escaped like every text."""
+    page, _ = build_report([runs["eval"]])
+    ladder_html = section(page, "ladder")
+    assert ("long, LC win (helpful): n/a: every prompt&#x27;s length difference is +3 tokens: length and quality "
+            "cannot be told apart (evaluate on more prompts") in ladder_html
+    folder = tmp_path / "eval"
+    shutil.copytree(runs["eval"], folder)
+    report = json.loads((folder / "report.json").read_text())
+    report["results"]["long"]["helpful"]["length_controlled_win_rate"]["fix"] = HOSTILE
+    (folder / "report.json").write_text(json.dumps(report))
+    page, _ = build_report([folder])
+    assert HOSTILE not in page and svg.esc(HOSTILE) in section(page, "ladder")
+
+
 def test_the_ladder_without_cost_or_reward_hacking_leaves_them_out(tmp_path):
     page, _ = build_report([make_eval(tmp_path, extras=False)])
     assert section_ids(page) == {"ladder", "samples"}

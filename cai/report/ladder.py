@@ -59,6 +59,7 @@ def _one(run: Run, heading: bool) -> str:
     head = ["policy"] + [f"{_short_name(key)} ({suite})" for suite, key in columns]
     rows = [[p] + [_cell(_map(results[p].get(suite)).get(key)) for suite, key in columns] for p in results]
     out.append(table(head, rows))
+    out.append(_errors(results, columns))
     figures = []
     for suite, key in columns:
         caption, opts = next((c, o) for k, c, o in FIGURES if k == key)
@@ -80,6 +81,19 @@ def _columns(r: Mapping[str, Any]) -> list[tuple[str, str]]:
         suites += [s for s in res if s not in suites]
     return [(s, key) for key, _, _ in FIGURES for s in suites
             if any(isinstance(res.get(s), Mapping) and key in res[s] for res in results.values())]
+
+
+def _errors(results: Mapping[str, Any], columns: list[tuple[str, str]]) -> str:
+    """Why a cell says n/a: each figure report.json gives as an `error` (with its `fix`), in words
+    (its chart leaves the row out, or is not drawn at all when no policy has the figure)."""
+    notes = []
+    for p, res in results.items():
+        for suite, key in columns:
+            v = _map(res.get(suite)).get(key)
+            if isinstance(v, Mapping) and "error" in v:
+                fix = f" ({v['fix']})" if isinstance(v.get("fix"), str) else ""
+                notes.append(f"{p}, {_short_name(key)} ({suite}): n/a: {v['error']}{fix}")
+    return "".join(f'<p class="note">{svg.esc(n)}</p>' for n in notes)
 
 
 def _short_name(key: str) -> str:
