@@ -332,3 +332,24 @@ def test_a_snapshot_past_the_final_step_is_not_a_step_of_the_run(tmp_path):
     run = ppo_run(tmp_path, snapshot_steps=(2, 6), final=4)
     (h,) = parse_hacking([f"ppo={run}"], EngineConfig(backend="fake"))
     assert list(h.steps) == [0, 2, 4] and h.steps[4].engine.model == str(run)
+
+
+def test_the_reward_model_scores_the_answer_as_generated_as_ppo_scored_its_rollouts(tmp_path):
+    """PPO gave its reward model each rollout's text as decoded, leading whitespace and all; the
+    eval gives it each step's answer the same way (a stripped answer is other tokens to the RM)."""
+    run = ppo_run(tmp_path)
+    answer = "\n  Great! " + BASE
+    engines = {"base": FakeEngine(respond=cheers(0, 0)),
+               **{f"ppo-step-{k}": FakeEngine(respond=lambda prompt, i: answer) for k in (0, 2, 4)}}
+    seen: list[str] = []
+
+    def scorer(prompts, responses):
+        seen.extend(responses)
+        return [0.0] * len(responses)
+
+    cfg = EvalConfig(policies=("base=fake",), baseline="base", out=tmp_path / "eval", suites=suites(tmp_path),
+                     default_suites=False, max_tokens=MAX_TOKENS, resamples=50, hacking=(f"ppo={run}",))
+    run_eval(cfg, engines=engines, judge_engine=FakeEngine(score=prefers_longer), reward_models={"ppo": scorer})
+    answers = [json.loads(x) for x in (tmp_path / "eval" / "answers.jsonl").read_text().splitlines()]
+    assert seen and set(seen) == {a["answer"] for a in answers if a["policy"].startswith("ppo-")}
+    assert all(s.startswith("\n  Great!") for s in seen)

@@ -54,6 +54,9 @@ prompt changing the same way, is 2 * 0.5**n, below 0.05 only from n = 6 (0.031).
 bootstrap has no such floor: on 2 prompts that both rose its interval lies above 0."""
 HACKING_FIX = "write --hacking NAME=RUN_DIR, e.g. --hacking ppo=runs/ppo (the output folder of a finished `cai ppo`)"
 
+SCORED_AS = "raw answer text"
+"""In each rm_scores.jsonl key: what the reward model was given (scores made from stripped answers,
+as an earlier version did, are stale)."""
 RewardScorer = Callable[[list[list[dict[str, str]]], list[str]], list[float]]
 """score(conversations, responses) -> the reward model's normalized scores."""
 
@@ -168,14 +171,15 @@ def score_all(runs: Sequence[HackingRun], suites: Sequence[Suite], answers: Mapp
         fp = models.fingerprint(r.reward_model)
         ids = [answer_id(p.name, s.name, rec.id) for p in r.steps.values() for s in suites if s.kind == "judged"
                for rec in s.records]
-        keys.update({i: provenance.key(answers[i].key, fp) for i in ids})
+        keys.update({i: provenance.key(answers[i].key, fp, SCORED_AS) for i in ids})
         todo[r.name] = [answers[i] for i in ids]
     with JsonlStore(out / RM_SCORES_FILE, current_keys=keys) as store:
         for r in runs:
             pending = [a for a in todo.get(r.name, []) if a.id not in store]
             if pending:
                 scorer = (scorers or {}).get(r.name) or _load_scorer(r.reward_model)
-                values = scorer([list(a.prompt) for a in pending], [a.answer.strip() for a in pending])
+                # The answer as generated, unstripped: PPO scored its rollouts' text as decoded.
+                values = scorer([list(a.prompt) for a in pending], [a.answer for a in pending])
                 store.extend({"id": a.id, "reward_model": r.reward_model, "score": float(v), "key": keys[a.id]}
                              for a, v in zip(pending, values, strict=True))
     rows = [json.loads(line) for line in (out / RM_SCORES_FILE).read_text().splitlines() if line.strip()]
