@@ -158,7 +158,7 @@ def hacking_policies(runs: Sequence[HackingRun], policies: Sequence[Policy]) -> 
 def score_all(runs: Sequence[HackingRun], suites: Sequence[Suite], answers: Mapping[str, EvalAnswer], out: Path,
               scorers: Mapping[str, RewardScorer] | None = None) -> dict[str, float]:
     """Score every step's answers on the judged suites with its run's reward model, resumably
-    (DIR/rm_scores.jsonl, keyed on the answer's key and the reward model's fingerprint).
+    (DIR/rm_scores.jsonl, keyed on the answer's key, the reward model's fingerprint and SCORED_AS).
     `scorers`: run name -> a scorer (tests); otherwise the reward model is loaded here and freed.
     Returns answer id -> score."""
     if not any(r.reward_model for r in runs):
