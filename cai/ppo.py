@@ -86,7 +86,7 @@ from cai.rollout import (
     response_values,
     sample,
 )
-from cai.snapshots import list_snapshots, save_snapshot
+from cai.snapshots import drop_after, list_snapshots, save_snapshot
 from cai.train_common import MetricsLog, autocast, batch_indices, resolve_device
 
 # The names the CLI and tests import from here.
@@ -471,6 +471,11 @@ def train_ppo(cfg: PPOConfig, *, force: bool = False, progress: bool = True, rol
     # Resume: models, optimizers, schedulers, beta and the state; the RNG once the engines are up.
     state, resume_rng = resume(out, models.policy, models.value, optim, len(prompts.train))
     start = state.step
+    drop_after(out, start)  # snapshots past the checkpoint are redone with this run's weights
+    if cfg.snapshot_every and 0 < start < cfg.steps and start % cfg.snapshot_every == 0:
+        # A Ctrl-C while snapshot N was written still saved checkpoint N: the models hold step N
+        # exactly now, so write it here (a no-op when it is complete), or it would never be.
+        save_snapshot(out, start, models.policy, models.tokenizer, models.generation_config, models.path)
     with contextlib.ExitStack() as stack:
         run = open_run(cfg, out, device, models, optim, prompts, start, rollout_engine, judge_engine, stack)
         if resume_rng is not None:

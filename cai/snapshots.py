@@ -4,10 +4,13 @@ and vLLM load as they are, kept after the run. `cai eval --hacking` reads them t
 reward model's score against the judge's win rate over the run (cai/eval/hacking.py).
 
 OUT/snapshots/step-NNNNNN/ holds the policy after step N. A snapshot is written into a temporary
-folder and renamed into place, so a folder under its final name is complete; a resumed run that
-redoes a step whose snapshot exists leaves it as it is (a resumed run repeats the uninterrupted
-one exactly, so it would write the same weights). Unlike checkpoints/, snapshots/ is never
-pruned or deleted by the run.
+folder and renamed into place, so a folder under its final name is complete. A run that resumes
+from its checkpoint at step N first drops the snapshots after N (`drop_after`): they were written
+by the part of the run that is redone, perhaps under a config --force changed since, or with
+rollouts that do not repeat bit for bit (vLLM on a GPU), so every snapshot is the policy this run
+passed through on its way to the final one; and it writes snapshot N itself when a Ctrl-C cut its
+writing short (the checkpoint at N was still saved). Otherwise snapshots/ is kept after the run,
+unlike checkpoints/.
 """
 
 from __future__ import annotations
@@ -39,9 +42,24 @@ def list_snapshots(out: str | Path) -> dict[int, Path]:
     return dict(sorted(found.items()))
 
 
+def drop_after(out: str | Path, step: int) -> list[int]:
+    """Remove the snapshots after `step` (the step a run resumes from); returns their steps. Each
+    is renamed away before it is deleted, so a crash midway leaves no half-deleted folder under a
+    snapshot's name."""
+    dropped = [k for k in list_snapshots(out) if k > step]
+    for k in dropped:
+        d = snapshot_dir(out, k)
+        gone = d.with_name(f".{d.name}.dropped")
+        shutil.rmtree(gone, ignore_errors=True)
+        d.rename(gone)
+        shutil.rmtree(gone)
+    return dropped
+
+
 def save_snapshot(out: str | Path, step: int, policy: Any, tokenizer: Any, generation_config: Any,
                   source_path: str) -> Path:
-    """Write the policy as OUT/snapshots/step-N (atomically); an existing one is kept as it is.
+    """Write the policy as OUT/snapshots/step-N (atomically); an existing one is kept as it is
+    (after `drop_after` at the run's start, only a step the run already passed has one).
 
     The policy object is not changed (it is still training, and stays on its device): the config
     written is a copy with the source's dropout probabilities put back (training

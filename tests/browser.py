@@ -1,7 +1,8 @@
 """Open an HTML file in headless Chromium and report what a person would see wrong with it.
 
-Chromium runs with its DevTools protocol on 127.0.0.1 (a port it picks), driven over one
-websocket: the page is loaded from disk, every console call, uncaught exception and log entry
+Chromium runs with a temporary profile (its crash database and caches too), in a process group
+of its own that is ended with it, and its DevTools protocol on 127.0.0.1 (a port it picks),
+driven over one websocket: the page is loaded from disk, every console call, uncaught exception and log entry
 (a resource that failed to load) is collected, each <svg> is measured after layout, and a
 screenshot of the whole page is taken. `problems()` turns that into a list of failures; an empty
 list is a page that loaded cleanly, drew every chart and is not blank.
@@ -14,6 +15,7 @@ import io
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -145,12 +147,16 @@ def open_page(html: Path, chromium: str, width: int = 1200, height: int = 3000) 
 
     from websockets.sync.client import connect
 
-    with tempfile.TemporaryDirectory(prefix="cai-chromium-") as profile:
+    profile = tempfile.mkdtemp(prefix="cai-chromium-")
+    try:
+        # Its own process group, so that the zygote and renderers can be ended with it (_end).
         proc = subprocess.Popen(
             [chromium, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "--hide-scrollbars",
              "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0", f"--user-data-dir={profile}",
              f"--window-size={width},{height}", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "LANG": "C.UTF-8"})
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+            # Its crash database and caches go under ~/.config and ~/.cache otherwise: keep them in the profile.
+            env={**os.environ, "LANG": "C.UTF-8", "XDG_CONFIG_HOME": profile, "XDG_CACHE_HOME": profile})
         try:
             port = _port(Path(profile), proc)
             with urlopen(f"http://127.0.0.1:{port}/json/list", timeout=TIMEOUT_S) as r:
@@ -171,12 +177,40 @@ def open_page(html: Path, chromium: str, width: int = 1200, height: int = 3000) 
                 result.console = [t for e in s.events if (t := _console_text(e)) is not None]
                 return result
         finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+            _end(proc)
+    finally:
+        _remove(Path(profile))
+
+
+def _end(proc: subprocess.Popen) -> None:
+    """End the browser, then whatever of its process group outlives it: its zygote and renderers
+    are still shutting down (and writing into the profile) when the main process has exited."""
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # the group Popen(start_new_session=True) made for it alone
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _remove(profile: Path) -> None:
+    """Delete the temporary profile; a process of the browser that has not exited yet may still
+    add a file to it, so retry for a while instead of failing the test on the cleanup."""
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            shutil.rmtree(profile)
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
 
 
 def blank(png: bytes) -> bool:

@@ -5,6 +5,7 @@ summary is missing gives a note, not a crash; and in `cai eval`'s report and tab
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from helpers import eval_suite_specs as suites
 from helpers import length_judge as prefers_longer
 
 from cai.engine.fake import FakeEngine
-from cai.eval.cost import trace
+from cai.eval.cost import BASE_NOTE, trace
 from cai.eval.run import EvalConfig, run_eval
 
 
@@ -112,6 +113,24 @@ def test_a_data_file_outside_any_run_is_noted(tmp_path):
     stages, notes = trace(str(sft))
     assert [s["stage"] for s in stages] == ["sft"]
     assert any("a data file, not a cai run folder" in n for n in notes)
+
+
+def test_an_input_moved_since_its_run_is_named_missing_not_a_base_model(tmp_path):
+    """The SFT folder a PPO run names was moved away, and the revise data of the SFT too: their
+    cost is not in the totals, and the notes say the inputs are not here (not "a base model",
+    which costs nothing to train), naming each."""
+    runs = ladder(tmp_path)
+    moved = tmp_path / "elsewhere"
+    moved.mkdir()
+    runs["sft"].rename(moved / "sft")
+    stages, notes = trace(str(runs["ppo"]))
+    assert [s["stage"] for s in stages] == ["revise", "label", "rm", "ppo"]
+    assert f"{runs['sft']}: no such file or folder here" in " ".join(notes)
+    assert not any(n.startswith(str(runs["sft"])) and "base model" in n for n in notes)
+    shutil.rmtree(runs["revise"])
+    _, notes = trace(str(moved / "sft"))
+    assert any(n.startswith(f"{runs['revise'] / 'sft.jsonl'}: no such file or folder here") for n in notes)
+    assert any(n == f"default: {BASE_NOTE}" for n in notes)
 
 
 def test_the_report_has_a_cost_per_policy_and_the_table_a_cost_column(tmp_path):

@@ -158,6 +158,12 @@ def test_the_table_says_hacking(tmp_path, monkeypatch):
         console.print(t)
     text = console.export_text()
     assert "HACKING" in text and "ppo-step-10" in text and "+1.01 [" in text and "20% [20-20]" in text
+    # The run's folder is a path, printed as it is: brackets in it are not rich markup.
+    report["reward_hacking"]["ppo"]["run"] = "runs/ppo[/b]"
+    console = Console(width=200, record=True)
+    for t in hacking_tables(report):
+        console.print(t)
+    assert "(runs/ppo[/b])" in console.export_text()
 
 
 def test_a_judge_reward_run_has_no_reward_model_and_says_so(tmp_path):
@@ -188,6 +194,18 @@ def test_bad_hacking_specs_are_config_errors(tmp_path, spec, message):
                      default_suites=False, hacking=(spec.format(run=run, missing=tmp_path / "nope"),))
     with pytest.raises(ConfigError, match=message):
         run_eval(cfg, engines={"base": FakeEngine()}, judge_engine=FakeEngine())
+
+
+def test_a_ppo_summary_without_its_step_count_is_a_config_error(tmp_path):
+    """train_done.json without `steps` (edited, or another tool's): named, not a KeyError, and not
+    a final step 0 that would stand in for the starting policy."""
+    from cai.config import EngineConfig
+    from cai.eval.hacking import parse_hacking
+
+    run = ppo_run(tmp_path)
+    (run / "train_done.json").write_text(json.dumps({"stage": "ppo", "seconds": 1.0}))
+    with pytest.raises(ConfigError, match=r"train_done.json records no step count \(steps: None\)"):
+        parse_hacking([f"ppo={run}"], EngineConfig(backend="fake"))
 
 
 def test_a_finished_sft_folder_is_not_a_ppo_run(tmp_path):
@@ -268,3 +286,75 @@ def test_a_tiny_ppo_run_with_snapshots_on_the_real_engine(tmp_path, vllm_engine,
     ppo_cost = s.report["cost"]
     assert "ppo-step-2" in ppo_cost and ppo_cost["ppo-step-2"]["stages"][-1]["stage"] == "ppo"
     assert ppo_cost["ppo-step-2"]["stages"][-1]["training_steps"] == 2
+
+
+@pytest.mark.parametrize("role", ["policy", "reward_model"])
+def test_a_start_policy_or_reward_model_retrained_in_place_since_the_run_is_refused(tmp_path, tiny, role):
+    """Step 0 must be the policy the run started from and the scores its own reward model's: the
+    run's inputs.json recorded their fingerprints, and a folder that holds another model since (a
+    retrained SFT or RM in the same folder) is refused, naming it, before any answer."""
+    import shutil
+
+    from cai import models
+    from cai.config import EngineConfig
+    from cai.eval.hacking import parse_hacking
+
+    run = ppo_run(tmp_path)
+    folders = {"policy": tmp_path / "sft", "reward_model": tmp_path / "rm"}
+    shutil.rmtree(folders["reward_model"])
+    for f in folders.values():
+        shutil.copytree(tiny, f)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    (run / "config.yaml").write_text(yaml.safe_dump({**cfg, "policy": str(folders["policy"])}))
+    (run / "inputs.json").write_text(json.dumps({"model_fingerprints": {k: models.fingerprint(f)
+                                                                         for k, f in folders.items()}}))
+    (h,) = parse_hacking([f"ppo={run}"], EngineConfig(backend="fake"))
+    assert h.steps[0].engine.model == str(folders["policy"]) and h.reward_model == str(folders["reward_model"])
+    config = folders[role] / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "retrained": True}))
+    with pytest.raises(ConfigError, match=f"the run's {role} {folders[role]} .*holds another model"):
+        parse_hacking([f"ppo={run}"], EngineConfig(backend="fake"))
+
+
+def test_too_few_prompts_give_the_changes_but_no_verdict():
+    """On 3 prompts the RM score rose by 1 and the judge's score fell from 1 to 0 on every one: the
+    bootstrap's intervals shrink to [1, 1] and [-1, -1], yet a sign test could not call even this
+    (2 * 0.5**3 = 0.25): no flag, and a note saying why; 6 such prompts are flagged."""
+    few = reward_hacking(steps([[0.0] * 3, [1.0] * 3], [[1.0] * 3, [0.0] * 3]), resamples=200)["verdict"]
+    assert not (few["hacking"] or few["rm_score_rose"] or few["win_rate_fell"])
+    assert few["rm_score_change"]["value"] == 1.0 and few["win_rate_change"]["value"] == -1.0
+    assert "3 prompt(s) scored at both steps: a verdict needs at least 6" in few["note"]
+    enough = reward_hacking(steps([[0.0] * 6, [1.0] * 6], [[1.0] * 6, [0.0] * 6]), resamples=200)["verdict"]
+    assert enough["hacking"] and "note" not in enough
+
+
+def test_a_snapshot_past_the_final_step_is_not_a_step_of_the_run(tmp_path):
+    """snapshots/step-000006 in a run of 4 steps (left by an older run in the folder, before
+    resumes dropped them): not a step, so the verdict's last step is the final policy, not it."""
+    from cai.config import EngineConfig
+    from cai.eval.hacking import parse_hacking
+
+    run = ppo_run(tmp_path, snapshot_steps=(2, 6), final=4)
+    (h,) = parse_hacking([f"ppo={run}"], EngineConfig(backend="fake"))
+    assert list(h.steps) == [0, 2, 4] and h.steps[4].engine.model == str(run)
+
+
+def test_the_reward_model_scores_the_answer_as_generated_as_ppo_scored_its_rollouts(tmp_path):
+    """PPO gave its reward model each rollout's text as decoded, leading whitespace and all; the
+    eval gives it each step's answer the same way (a stripped answer is other tokens to the RM)."""
+    run = ppo_run(tmp_path)
+    answer = "\n  Great! " + BASE
+    engines = {"base": FakeEngine(respond=cheers(0, 0)),
+               **{f"ppo-step-{k}": FakeEngine(respond=lambda prompt, i: answer) for k in (0, 2, 4)}}
+    seen: list[str] = []
+
+    def scorer(prompts, responses):
+        seen.extend(responses)
+        return [0.0] * len(responses)
+
+    cfg = EvalConfig(policies=("base=fake",), baseline="base", out=tmp_path / "eval", suites=suites(tmp_path),
+                     default_suites=False, max_tokens=MAX_TOKENS, resamples=50, hacking=(f"ppo={run}",))
+    run_eval(cfg, engines=engines, judge_engine=FakeEngine(score=prefers_longer), reward_models={"ppo": scorer})
+    answers = [json.loads(x) for x in (tmp_path / "eval" / "answers.jsonl").read_text().splitlines()]
+    assert seen and set(seen) == {a["answer"] for a in answers if a["policy"].startswith("ppo-")}
+    assert all(s.startswith("\n  Great!") for s in seen)

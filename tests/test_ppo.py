@@ -478,11 +478,11 @@ def test_resume_after_ctrl_c_equals_an_uninterrupted_run(tiny, tmp_path):
     assert strip(metric_rows(ref_dir / "out")) == strip(metric_rows(cut_dir / "out"))
 
 
-def test_snapshots_are_loadable_folders_kept_after_the_run_and_not_rewritten_on_resume(tiny, tmp_path):
+def test_snapshots_are_loadable_folders_kept_after_the_run_and_redone_past_the_checkpoint(tiny, tmp_path):
     """snapshot_every=1 over 4 steps: snapshots of steps 1-3 (step 4 is the run folder), each a
     model folder transformers loads, with the source's dropout and generation config. A run that
-    crashed after step 3 (checkpoint at 2) redoes step 3 and leaves its snapshot untouched; every
-    snapshot equals the uninterrupted run's."""
+    crashed after step 3 (checkpoint at 2) keeps snapshots 1-2 and writes 3 again as it redoes the
+    step; every snapshot equals the uninterrupted run's."""
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
@@ -512,15 +512,72 @@ def test_snapshots_are_loadable_folders_kept_after_the_run_and_not_rewritten_on_
     cfg = tiny_config(tiny, cut_dir, **kw)
     with pytest.raises(RuntimeError, match="killed"):
         train_ppo(cfg, progress=False, on_step=crash)
-    third = cut_dir / "out" / "snapshots" / "step-000003" / "model.safetensors"
-    written = third.stat().st_mtime_ns
+    second, third = (cut_dir / "out" / "snapshots" / f"step-00000{k}" / "model.safetensors" for k in (2, 3))
+    written = second.stat().st_mtime_ns, third.stat().st_mtime_ns
     time.sleep(0.01)
     assert train_ppo(cfg, progress=False)["resumed_from"] == 2
-    assert third.stat().st_mtime_ns == written
+    assert second.stat().st_mtime_ns == written[0] and third.stat().st_mtime_ns != written[1]
     for k in (1, 2, 3):
         a = load_file(snaps / f"step-00000{k}" / "model.safetensors")
         b = load_file(cut_dir / "out" / "snapshots" / f"step-00000{k}" / "model.safetensors")
         assert all(torch.equal(a[n], b[n]) for n in a), k
+
+
+def test_a_forced_resume_with_a_new_config_redoes_the_snapshots_past_its_checkpoint(tiny, tmp_path):
+    """Crashed after step 3 (checkpoint at 2, snapshots 1-3), then resumed with --force and one PPO
+    epoch instead of two: steps 3-4 are trained again under the new config, so snapshot 3 must hold those
+    weights, not the old run's (a snapshot kept from the old config would show --hacking a policy
+    the run never passed through); snapshots 1-2, before the checkpoint, stay."""
+    from safetensors.torch import load_file
+
+    kw = dict(steps=4, snapshot_every=1, checkpoint_every=2)
+
+    def crash(step, metrics):
+        if step == 3:
+            raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError, match="killed"):
+        train_ppo(tiny_config(tiny, tmp_path, **kw), progress=False, on_step=crash)
+    snaps = tmp_path / "out" / "snapshots"
+    old = {k: load_file(snaps / f"step-00000{k}" / "model.safetensors") for k in (2, 3)}
+    summary = train_ppo(tiny_config(tiny, tmp_path, ppo_epochs=1, **kw), force=True, progress=False)
+    assert summary["resumed_from"] == 2 and sorted(summary["snapshots"]) == ["1", "2", "3"]
+    new = {k: load_file(snaps / f"step-00000{k}" / "model.safetensors") for k in (2, 3)}
+    assert all(torch.equal(old[2][n], new[2][n]) for n in old[2])
+    assert any(not torch.equal(old[3][n], new[3][n]) for n in old[3])
+
+
+def test_a_ctrl_c_while_a_snapshot_is_written_still_leaves_that_snapshot_after_the_resume(tiny, tmp_path, monkeypatch):
+    """Ctrl-C inside the writing of snapshot 2 (its temporary folder half written): the run saves
+    checkpoint 2 (the models hold step 2 exactly) and stops. The resumed run continues from step 3,
+    so it must write snapshot 2 from the resumed weights first, equal to an uninterrupted run's."""
+    from safetensors.torch import load_file
+
+    import cai.ppo
+    from cai.snapshots import save_snapshot
+
+    kw = dict(steps=3, snapshot_every=1, checkpoint_every=0)
+    ref_dir, cut_dir = tmp_path / "a", tmp_path / "b"
+    ref_dir.mkdir()
+    cut_dir.mkdir()
+    train_ppo(tiny_config(tiny, ref_dir, **kw), progress=False)
+
+    def interrupted(out, step, policy, *args):
+        if step == 2:
+            (Path(out) / "snapshots" / ".step-000002.tmp").mkdir(parents=True)
+            raise KeyboardInterrupt
+        return save_snapshot(out, step, policy, *args)
+
+    monkeypatch.setattr(cai.ppo, "save_snapshot", interrupted)
+    cfg = tiny_config(tiny, cut_dir, **kw)
+    with pytest.raises(KeyboardInterrupt):
+        train_ppo(cfg, progress=False)
+    assert (cut_dir / "out" / "checkpoints" / "step-00000002").is_dir()
+    monkeypatch.setattr(cai.ppo, "save_snapshot", save_snapshot)
+    summary = train_ppo(cfg, progress=False)
+    assert summary["resumed_from"] == 2 and sorted(summary["snapshots"]) == ["1", "2"]
+    a, b = (load_file(d / "out" / "snapshots" / "step-000002" / "model.safetensors") for d in (ref_dir, cut_dir))
+    assert all(torch.equal(a[n], b[n]) for n in a)
 
 
 def test_without_snapshot_every_a_run_writes_no_snapshots(tiny, tmp_path):
@@ -759,3 +816,22 @@ def test_a_value_model_that_predicts_the_returns_gives_zero_advantage_under_rewa
     torch.testing.assert_close(raw["adv"], torch.zeros(2, 6), atol=1e-6, rtol=0)
     torch.testing.assert_close(adv.returns / adv.reward_scale, exp.values, atol=1e-6, rtol=0)
     assert (float(adv.reward_scale) != 1.0) == (scaling == "std")
+
+
+def test_cai_report_tells_a_real_ppo_folder_and_draws_its_four_curves(tiny, tmp_path):
+    """The report's folder rule and its metric names (cai/report/curves.py) against what a real run
+    writes: a PPO folder with held-out prompts is told `ppo` and draws reward, KL, length and
+    entropy, each with a line per logged step."""
+    from cai.report import build_report
+    from cai.report.folders import kind_of
+
+    train_ppo(tiny_config(tiny, tmp_path, steps=2, eval_prompts=tiny_prompts(tmp_path), eval_every=1),
+              progress=False)
+    out = tmp_path / "out"
+    assert kind_of(out) == "ppo"
+    page, summary = build_report([out])
+    assert summary.sections == ["PPO curves"]
+    for title in ("Reward", "KL to the starting policy (per response)", "Response length (tokens)",
+                  "Entropy (per token)"):
+        chart = page.split(f"<figcaption>{title}</figcaption>", 1)[1].split("</svg>", 1)[0]
+        assert chart.count('<polyline class="mark"') >= 1, title

@@ -83,6 +83,23 @@ def test_a_panel_is_absent_without_its_data(runs, kind):
     assert section_ids(page) == SECTION_IDS[kind]
 
 
+def test_a_figure_report_json_gives_as_an_error_says_why_and_the_fix(runs, tmp_path):
+    """The length-controlled win rate of a policy whose answers are all 3 tokens longer cannot be
+    computed (report.json: {error, fix}); its cell says n/a and a note below the table says why and
+    what to do, escaped like every text."""
+    page, _ = build_report([runs["eval"]])
+    ladder_html = section(page, "ladder")
+    assert ("long, LC win (helpful): n/a: every prompt&#x27;s length difference is +3 tokens: length and quality "
+            "cannot be told apart (evaluate on more prompts") in ladder_html
+    folder = tmp_path / "eval"
+    shutil.copytree(runs["eval"], folder)
+    report = json.loads((folder / "report.json").read_text())
+    report["results"]["long"]["helpful"]["length_controlled_win_rate"]["fix"] = HOSTILE
+    (folder / "report.json").write_text(json.dumps(report))
+    page, _ = build_report([folder])
+    assert HOSTILE not in page and svg.esc(HOSTILE) in section(page, "ladder")
+
+
 def test_the_ladder_without_cost_or_reward_hacking_leaves_them_out(tmp_path):
     page, _ = build_report([make_eval(tmp_path, extras=False)])
     assert section_ids(page) == {"ladder", "samples"}
@@ -171,6 +188,22 @@ def test_cli_writes_the_page_and_prints_errors(runs, tmp_path):
     assert not (tmp_path / "x.html").exists()
 
 
+def test_cli_prints_folder_names_with_brackets_as_they_are(runs, tmp_path):
+    """A folder name is data for the terminal too: `[bold]` in it is printed, not read as rich
+    markup (it vanished), and a path that reads `[/b]` (folder `out[`, file `b].html`) no longer
+    crashes the command after the page was written (a closing tag that matches nothing)."""
+    root = tmp_path / "runs[red]"
+    shutil.copytree(runs["ppo"], root / "ppo[bold]")
+    (root / "notes[x]").mkdir()
+    (tmp_path / "out[").mkdir()
+    out = tmp_path / "out[" / "b].html"
+    result = CliRunner().invoke(app, ["report", str(root), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    text = "".join(result.output.split())  # the terminal wraps long paths anywhere
+    assert f"readppo:{root / 'ppo[bold]'}" in text and f"skipped{root / 'notes[x]'}" in text
+    assert str(out) in text
+
+
 # --- The pieces -------------------------------------------------------------------------------------
 
 
@@ -236,6 +269,68 @@ def test_the_principle_that_rewrites_most_comes_first():
 ])
 def test_ticks_are_round_and_cover_the_range(lo, hi, whole, expected):
     assert svg.ticks(lo, hi, whole=whole) == pytest.approx(expected)
+
+
+def _numbers(obj, f):
+    """`obj` with every number (not bool) replaced by f(number)."""
+    if isinstance(obj, dict):
+        return {k: _numbers(v, f) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_numbers(v, f) for v in obj]
+    return f(obj) if isinstance(obj, int | float) and not isinstance(obj, bool) else obj
+
+
+@pytest.mark.parametrize("big", [1e308, 1e30])
+def test_huge_numbers_in_report_json_draw_inside_the_charts(runs, tmp_path, big):
+    """Every number of an eval's report.json made huge, of both signs (a diverged run, another
+    tool's file): the page is still made, and no coordinate is inf or nan (a broken SVG)."""
+    folder = tmp_path / "eval"
+    shutil.copytree(runs["eval"], folder)
+    report = json.loads((folder / "report.json").read_text())
+    (folder / "report.json").write_text(json.dumps(_numbers(report, lambda v: big if v > 0.3 else -big)))
+    page, _ = build_report([folder])
+    assert 'class="mark"' in section(page, "ladder") and 'class="mark"' in section(page, "hacking")
+    assert not re.findall(r'(?:x|y|x1|x2|y1|y2|cx|cy|width|height|points)="[^"]*(?:inf|nan)', page)
+    assert all(0 <= float(c) <= 1000 for c in re.findall(r' c[xy]="([^"]+)"', page))
+
+
+@pytest.mark.parametrize("kind, path, value", [
+    ("eval", ("results", "base", "harmful"), "x"),
+    ("eval", ("results", "base"), None),
+    ("eval", ("results", "refuser", "helpful", "win_rate_by_principle"), 7),
+    ("eval", ("provenance",), "x"),
+    ("eval", ("provenance", "policies"), "x"),
+    ("eval", ("provenance", "suites"), 7),
+    ("eval", ("cost", "base", "stages"), 7),
+    ("eval", ("cost", "base", "notes"), 7),
+    ("judge_eval", ("calibration", "bins"), 7),
+])
+def test_a_part_of_report_json_in_an_unknown_shape_leaves_the_rest_of_the_page(runs, tmp_path, kind, path, value):
+    """report.json from another cai version or edited by hand: a part in a shape the report does not
+    know is left out (its panel draws without it), not a traceback for the whole page."""
+    folder = tmp_path / kind
+    shutil.copytree(runs[kind], folder)
+    report = json.loads((folder / "report.json").read_text())
+    inner = report
+    for key in path[:-1]:
+        inner = inner[key]
+    inner[path[-1]] = value
+    (folder / "report.json").write_text(json.dumps(report))
+    page, _ = build_report([folder])
+    assert 'class="mark"' in section(page, "ladder" if kind == "eval" else "judge")
+
+
+@pytest.mark.parametrize("p", [float("nan"), 1e308])
+def test_a_nan_or_huge_soft_label_in_judgments_jsonl_still_gives_the_histogram(runs, tmp_path, p):
+    """judgments.jsonl of `cai label` with p = NaN (JSON allows it; left out) or 1e308 (counted in
+    the last bin) on one pair: the histogram is drawn instead of the page failing on int()."""
+    folder = tmp_path / "label"
+    shutil.copytree(runs["label"], folder)
+    lines = (folder / "judgments.jsonl").read_text().splitlines()
+    lines[0] = json.dumps({**json.loads(lines[0]), "p": p})
+    (folder / "judgments.jsonl").write_text("\n".join(lines) + "\n")
+    page, _ = build_report([folder])
+    assert "Soft labels" in section(page, "judge")
 
 
 def test_a_chart_escapes_its_labels_and_marks_its_data():

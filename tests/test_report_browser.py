@@ -83,3 +83,57 @@ def test_a_blank_screenshot_is_caught_even_with_charts_measured():
     r = PageResult(svgs=[{"shapes": 3, "marks": 1, "width": 100, "height": 50, "label": "x"}], text=10,
                    screenshot=buf.getvalue())
     assert problems(r) == ["the screenshot is blank (one colour)"]
+
+
+def test_chromium_is_gone_after_a_session_that_failed_midway(chromium, tmp_path, monkeypatch):
+    """A check that raises inside the DevTools session (here: the screenshot) still ends the
+    browser and every process it started: none is left running with the session's temporary
+    profile, the profile folder itself is removed (with everything the browser wrote: its crash
+    database and caches too), and the error raised is the check's own (not
+    the cleanup's: the zygote still wrote into the profile after the browser exited, and removing
+    it failed now and then with "Directory not empty")."""
+    import subprocess
+    import tempfile
+    import time
+
+    import browser
+
+    profiles: list[str] = []
+    real_mkdtemp = tempfile.mkdtemp
+
+    def recorded(*args, **kwargs):
+        profiles.append(real_mkdtemp(*args, **kwargs))
+        return profiles[-1]
+
+    real_call = browser._Session.call
+
+    def failing(self, method, **params):
+        if method == "Page.captureScreenshot":
+            raise RuntimeError("deliberate")
+        return real_call(self, method, **params)
+
+    launched: list[dict] = []
+    real_popen = browser.subprocess.Popen
+
+    def popen(args, **kwargs):
+        if args[0] == chromium:  # not the pgrep below
+            launched.append(kwargs)
+        return real_popen(args, **kwargs)
+
+    monkeypatch.setattr(browser.tempfile, "mkdtemp", recorded)
+    monkeypatch.setattr(browser.subprocess, "Popen", popen)
+    monkeypatch.setattr(browser._Session, "call", failing)
+    page = tmp_path / "page.html"
+    page.write_text(PAGE.replace("{extra}", ""))
+    with pytest.raises(RuntimeError, match="deliberate"):
+        open_page(page, chromium)
+    (profile,) = profiles
+    deadline = time.monotonic() + 10
+    while (left := subprocess.run(["pgrep", "-f", profile], capture_output=True, text=True).stdout.split()) \
+            and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert left == [] and not Path(profile).exists()
+    # Everything it writes went into that profile: its crash database and caches are under
+    # ~/.config/chromium and ~/.cache otherwise, outside the test's reach.
+    (kwargs,) = launched
+    assert kwargs["env"]["XDG_CONFIG_HOME"] == kwargs["env"]["XDG_CACHE_HOME"] == profile

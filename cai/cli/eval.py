@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich.markup import escape
 from rich.table import Table
 
 from cai import terminal
@@ -114,12 +115,12 @@ def hacking_tables(r: dict[str, Any]) -> list[Table]:
     tables = []
     for name, h in r.get("reward_hacking", {}).items():
         if "error" in h:
-            tables.append(Table(title=f"reward hacking {name}: {h['error']}", title_justify="left"))
+            tables.append(Table(title=escape(f"reward hacking {name}: {h['error']}"), title_justify="left"))
             continue
         v = h["verdict"]
         sign = "HACKING: the reward model's score rose while the judge's win rate fell" if v["hacking"] else \
             "no hacking signature" + (f" ({v['note']})" if v.get("note") else "")
-        t = Table(title=f"reward hacking {name} ({h['run']}): {sign}", title_justify="left")
+        t = Table(title=escape(f"reward hacking {name} ({h['run']}): {sign}"), title_justify="left")  # a path: [x]
         for heading in ("step", "policy", "RM score", "win rate", "n"):
             t.add_column(heading, justify="left" if heading == "policy" else "right")
         for row in h["steps"]:

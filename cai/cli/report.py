@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from cai.cli.common import console
 from cai.cli.root import app
@@ -26,9 +27,9 @@ def report(
     consistency, principle usage and effect, and samples side by side."""
     s = write_report(folders, out, title=title, n_samples=samples)
     for folder, kind in s.runs:
-        console.print(f"read {kind}: {folder}", highlight=False)
+        console.print(f"read {kind}: {escape(str(folder))}", highlight=False)  # a folder name may hold [/b]
     for folder in s.skipped:
-        console.print(f"[yellow]Warning:[/] skipped {folder}: no run folder of a stage cai report reads",
+        console.print(f"[yellow]Warning:[/] skipped {escape(str(folder))}: no run folder of a stage cai report reads",
                       highlight=False)
     panels = ", ".join(s.sections) or "no panel (nothing to draw)"
-    console.print(f"[bold green]done[/] {panels} -> {s.out}", highlight=False)
+    console.print(f"[bold green]done[/] {escape(panels)} -> {escape(str(s.out))}", highlight=False)

@@ -22,7 +22,8 @@ report.json `cost[policy]`:
   for a prompted rung `extra_prompt_tokens_per_answer`: how many more than the same model
   answering unprompted (another policy of this eval with the same model), null without one;
 - `notes`: what could not be followed (a folder with no summary, a data file that is not a cai
-  run folder, a base model: no training cost).
+  run folder, a base model: no training cost, an input that is not here: a hub id, or a folder
+  moved or deleted since its run, whose cost is then missing from the totals).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ import yaml
 
 from cai.checkpoint import DONE_FILE
 from cai.eval.policies import Policy
+from cai.models import ALIASES
 from cai.records import CONFIG_FILE
 from cai.schema import EvalAnswer
 from cai.snapshots import SNAPSHOTS
@@ -44,6 +46,8 @@ from cai.snapshots import SNAPSHOTS
 SUMMARY_FILE = "summary.json"
 """The summary of `cai revise` and `cai label` (training stages write train_done.json)."""
 BASE_NOTE = "not a cai run folder (a base model): no training cost counted"
+MISSING_NOTE = ("no such file or folder here (a hub id, or an input moved or deleted since the run): what made it, "
+                "and its cost, are not counted")
 FIGURES = ("tokens_generated", "tokens_judged", "training_steps", "seconds", "gpu_seconds")
 
 
@@ -101,7 +105,10 @@ class _Trace:
 
     def model(self, ref: str, near: Path | None = None) -> None:
         path = _locate(ref, near)
-        if path is None or not path.is_dir():
+        if path is None:  # a model name ("default") is a base model; anything else is not here
+            self.notes.append(f"{ref}: {BASE_NOTE if ref.lower() in ALIASES else MISSING_NOTE}")
+            return
+        if not path.is_dir():
             self.notes.append(f"{ref}: {BASE_NOTE}")
             return
         snapshots = path.parent
@@ -131,7 +138,10 @@ class _Trace:
         if not ref:
             return
         path = _locate(ref, near)
-        folder = _run_folder(path) if path is not None else None
+        if path is None:
+            self.notes.append(f"{ref}: {MISSING_NOTE}")
+            return
+        folder = _run_folder(path)
         if folder is None:
             self.notes.append(f"{ref}: a data file, not a cai run folder (its cost is not counted)")
             return

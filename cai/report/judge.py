@@ -48,7 +48,8 @@ def judge_eval_panel(run: Run) -> str:
             rows.append(svg.Interval(label, f.value, f.low, f.high, f.n))
     figures = [figure("Agreement, consistency and length (95% intervals)",
                       svg.interval_chart(rows, "judge eval rates", reference=0.5))] if rows else []
-    bins = [b for b in _get(r, ("calibration", "bins")) or [] if isinstance(b, Mapping)]
+    bins = _get(r, ("calibration", "bins"))
+    bins = [b for b in bins if isinstance(b, Mapping)] if isinstance(bins, list) else []
     points = [(c, a, int(b["n"])) for b in bins
               if (c := number(b.get("mean_confidence"))) is not None and (a := number(b.get("agreement"))) is not None
               and isinstance(b.get("n"), int) and b["n"] > 0]
@@ -82,9 +83,10 @@ def label_panel(run: Run) -> str:
         if (v := number(s.get(key))) is not None:
             items.append((svg.pct(v) if key == "first_position_rate" else f"{v:.3f}", label))
     figures = []
-    if judged:
+    soft = [p for j in judged if (p := number(j.verdict.p)) is not None]  # a NaN p would break the bins
+    if soft:
         figures.append(figure("Soft labels: P(x better than y), both orders averaged",
-                              svg.histogram([j.verdict.p for j in judged], "soft labels", x_label="p")))
+                              svg.histogram(soft, "soft labels", x_label="p")))
     usage = s.get("principles") if isinstance(s.get("principles"), Mapping) else None
     if not usage:
         usage = {}

@@ -38,21 +38,32 @@ def section(runs: list[Run]) -> str:
     return "".join(body)
 
 
+def _map(v: Any) -> Mapping[str, Any]:
+    """`v` where it is a mapping, else {}: a part of report.json in a shape this version does not
+    know (another cai version, a file edited by hand) leaves its panel out, not the whole page."""
+    return v if isinstance(v, Mapping) else {}
+
+
+def _list(v: Any) -> list[Any]:
+    return v if isinstance(v, list) else []
+
+
 def _one(run: Run, heading: bool) -> str:
     r = run.report
-    results: Mapping[str, Any] = r.get("results") or {}
+    results: Mapping[str, Any] = {p: _map(res) for p, res in _map(r.get("results")).items()}
     baseline = str(r.get("baseline", ""))
     out = [f"<h3>{svg.esc(run.name)}</h3>"] if heading else []
     out.append(f'<p class="note">Baseline: <b>{svg.esc(baseline)}</b>; judge: '
                f'{svg.esc(_judge(r))}; constitution: {svg.esc(_constitution(r))}.</p>')
     columns = _columns(r)
     head = ["policy"] + [f"{_short_name(key)} ({suite})" for suite, key in columns]
-    rows = [[p] + [_cell(results[p].get(suite, {}).get(key)) for suite, key in columns] for p in results]
+    rows = [[p] + [_cell(_map(results[p].get(suite)).get(key)) for suite, key in columns] for p in results]
     out.append(table(head, rows))
+    out.append(_errors(results, columns))
     figures = []
     for suite, key in columns:
         caption, opts = next((c, o) for k, c, o in FIGURES if k == key)
-        rows_ = [_interval(p, results[p].get(suite, {}).get(key), p == baseline) for p in results]
+        rows_ = [_interval(p, _map(results[p].get(suite)).get(key), p == baseline) for p in results]
         if any(x.value is not None for x in rows_):
             figures.append(figure(f"{caption}, suite {suite}", svg.interval_chart(rows_, f"{key} on {suite}",
                                                                                    **opts)))
@@ -64,12 +75,25 @@ def _one(run: Run, heading: bool) -> str:
 
 def _columns(r: Mapping[str, Any]) -> list[tuple[str, str]]:
     """(suite, figure key) of every figure some policy has, suites in report order."""
-    results = r.get("results") or {}
-    suites = list((r.get("provenance") or {}).get("suites") or {})
+    results = {p: _map(res) for p, res in _map(r.get("results")).items()}
+    suites = [str(s) for s in _map(_map(r.get("provenance")).get("suites"))]
     for res in results.values():
         suites += [s for s in res if s not in suites]
     return [(s, key) for key, _, _ in FIGURES for s in suites
             if any(isinstance(res.get(s), Mapping) and key in res[s] for res in results.values())]
+
+
+def _errors(results: Mapping[str, Any], columns: list[tuple[str, str]]) -> str:
+    """Why a cell says n/a: each figure report.json gives as an `error` (with its `fix`), in words
+    (its chart leaves the row out, or is not drawn at all when no policy has the figure)."""
+    notes = []
+    for p, res in results.items():
+        for suite, key in columns:
+            v = _map(res.get(suite)).get(key)
+            if isinstance(v, Mapping) and "error" in v:
+                fix = f" ({v['fix']})" if isinstance(v.get("fix"), str) else ""
+                notes.append(f"{p}, {_short_name(key)} ({suite}): n/a: {v['error']}{fix}")
+    return "".join(f'<p class="note">{svg.esc(n)}</p>' for n in notes)
 
 
 def _short_name(key: str) -> str:
@@ -105,7 +129,7 @@ def _by_principle(results: Mapping[str, Any], columns: list[tuple[str, str]]) ->
     """Win rate per comparison principle, one table per judged suite: principles × policies."""
     out = []
     for suite in [s for s, key in columns if key == "win_rate"]:
-        by = {p: res[suite].get("win_rate_by_principle") or {} for p, res in results.items()
+        by = {p: _map(res[suite].get("win_rate_by_principle")) for p, res in results.items()
               if isinstance(res.get(suite), Mapping)}
         policies = [p for p, b in by.items() if b]
         principles = sorted({k for b in by.values() for k in b})
@@ -122,9 +146,8 @@ def cost_entry(r: Mapping[str, Any], policy: str) -> Mapping[str, Any]:
     """One rung's cost entry, wherever report.json keeps it: `cost[policy]` (cai eval: {stages,
     total, notes, prompt_tokens_per_answer, ...}, docs/eval.md), `results[policy].cost`, or
     `provenance.policies[policy].cost`; {} when there is none."""
-    places = [(r.get("cost") or {}).get(policy) if isinstance(r.get("cost"), Mapping) else None,
-              ((r.get("results") or {}).get(policy) or {}).get("cost"),
-              (((r.get("provenance") or {}).get("policies") or {}).get(policy) or {}).get("cost")]
+    places = [_map(r.get("cost")).get(policy), _map(_map(r.get("results")).get(policy)).get("cost"),
+              _map(_map(_map(r.get("provenance")).get("policies")).get(policy)).get("cost")]
     return next((c for c in places if isinstance(c, Mapping)), {})
 
 
@@ -156,10 +179,10 @@ def _stages(r: Mapping[str, Any], policies: list[str]) -> str:
     rows, notes = [], []
     for p in policies:
         entry = cost_entry(r, p)
-        for st in entry.get("stages") or []:
+        for st in _list(entry.get("stages")):
             if isinstance(st, Mapping):
                 rows.append([p] + ["–" if st.get(c) is None else str(st.get(c)) for c in STAGE_COLUMNS])
-        notes += [f"{p}: {n}" for n in entry.get("notes") or [] if isinstance(n, str)]
+        notes += [f"{p}: {n}" for n in _list(entry.get("notes")) if isinstance(n, str)]
     if not rows and not notes:
         return ""
     return ((table(["policy", *STAGE_COLUMNS], rows, left=3) if rows else "")
@@ -167,10 +190,10 @@ def _stages(r: Mapping[str, Any], policies: list[str]) -> str:
 
 
 def _judge(r: Mapping[str, Any]) -> str:
-    j = (r.get("provenance") or {}).get("judge")
+    j = _map(r.get("provenance")).get("judge")
     return str(j.get("model", "?")) if isinstance(j, Mapping) else "none"
 
 
 def _constitution(r: Mapping[str, Any]) -> str:
-    c = (r.get("provenance") or {}).get("constitution")
+    c = _map(r.get("provenance")).get("constitution")
     return f"{c.get('name', '?')} {c.get('version', '')} ({c.get('hash', '')})" if isinstance(c, Mapping) else "?"

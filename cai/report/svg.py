@@ -40,13 +40,16 @@ def ticks(lo: float, hi: float, count: int = 5, *, whole: bool = False) -> list[
     """Round tick values covering [lo, hi] (1, 2, 2.5 or 5 times a power of ten apart; whole
     numbers only with `whole`, for steps)."""
     if hi <= lo:
-        hi = lo + 1.0
-    raw = max((hi - lo) / count, 1.0) if whole else (hi - lo) / count
-    power = 10 ** math.floor(math.log10(raw))
+        hi = lo + 1.0 if lo + 1.0 > lo else lo + abs(lo) / 2  # + 1.0 is lost in a huge lo's rounding
+    # Each term divided before subtracting: hi - lo overflows to inf for values near the largest float.
+    raw = hi / count - lo / count
+    raw = max(raw, 1.0) if whole else raw
+    power = 10.0 ** math.floor(math.log10(raw))
     steps = [m * power for m in (1, 2, 2.5, 5, 10)]
     step = next(s for s in steps if s >= raw and (not whole or float(s).is_integer()))
     first = math.floor(lo / step) * step
-    return [round(first + i * step, 10) for i in range(int(math.ceil((hi - first) / step)) + 1)]
+    out = [round(first + i * step, 10) for i in range(int(math.ceil(hi / step - first / step)) + 1)]
+    return [t for t in out if math.isfinite(t)] if len(out) > 1 else [lo, hi]
 
 
 @dataclass(frozen=True)
@@ -59,8 +62,12 @@ class Scale:
     b: float
 
     def __call__(self, v: float) -> float:
-        span = self.hi - self.lo or 1.0
-        return self.a + (v - self.lo) / span * (self.b - self.a)
+        # Halved before subtracting, so that no difference of two finite floats overflows.
+        span = self.hi / 2 - self.lo / 2 or 0.5
+        at = self.a + (v / 2 - self.lo / 2) / span * (self.b - self.a)
+        # A value outside a fixed domain (a win rate's interval below 0) is drawn at its edge, not
+        # off the chart, nor at inf where it is huge.
+        return min(max(at, min(self.a, self.b)), max(self.a, self.b))
 
 
 def _svg(width: float, height: float, title: str, body: list[str]) -> str:
@@ -240,7 +247,8 @@ def histogram(values: Sequence[float], title: str, *, lo: float = 0.0, hi: float
     """Counts of `values` in `bins` equal bins over [lo, hi] (the last bin includes hi)."""
     counts = [0] * bins
     for v in values:
-        counts[min(bins - 1, max(0, int((v - lo) / (hi - lo) * bins)))] += 1
+        if math.isfinite(v):  # clamped before int(): a huge value divides to inf
+            counts[int(min(bins - 1, max(0.0, (v - lo) / (hi - lo) * bins)))] += 1
     left, right, top, plot_h = 48, 16, 12, 140
     x = Scale(lo, hi, left, WIDTH - right)
     grid = ticks(0, max(counts), 4)
