@@ -353,6 +353,7 @@ def test_the_reward_model_scores_the_answer_as_generated_as_ppo_scored_its_rollo
         return [0.0] * len(responses)
 
     cfg = EvalConfig(policies=("base=fake",), baseline="base", out=tmp_path / "eval", suites=suites(tmp_path),
+                     refusal="patterns",
                      default_suites=False, max_tokens=MAX_TOKENS, resamples=50, hacking=(f"ppo={run}",))
     run_eval(cfg, engines=engines, judge_engine=FakeEngine(score=prefers_longer), reward_models={"ppo": scorer})
     answers = [json.loads(x) for x in (tmp_path / "eval" / "answers.jsonl").read_text().splitlines()]
