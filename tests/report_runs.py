@@ -88,7 +88,8 @@ def _estimate(value: float, half: float) -> dict:
 
 def _cost(i: int) -> dict:
     stages = [{"stage": "sft", "folder": f"runs/sft-{i}", "tokens_generated": 100 * i, "tokens_judged": 50,
-               "training_steps": 10 * i, "seconds": 2.5 * i, "device": "cpu", "gpu_seconds": None, "notes": []}]
+               "training_steps": 10 * i, "seconds": 2.5 * i + 0.0123456789, "device": "cpu", "gpu_seconds": None,
+               "notes": []}]
     total = {"tokens_generated": 100 * i, "tokens_judged": 50, "training_steps": 10 * i, "seconds": 2.5 * i,
              "gpu_seconds": None}
     return {"model": "fake", "recipe": None, "stages": stages if i else [], "total": total,

@@ -67,7 +67,8 @@ def test_a_ppo_rung_costs_every_stage_behind_it_once(tmp_path):
     assert by["label"]["tokens_judged"] == 1400 and by["label"]["tokens_generated"] is None  # no responses.jsonl
     assert by["ppo"]["tokens_generated"] == 300 and by["ppo"]["training_steps"] == 4
     assert by["label"]["gpu_seconds"] is None and by["sft"]["gpu_seconds"] == 30.0
-    assert notes and all(n.endswith("not a cai run folder (a base model): no training cost counted") for n in notes)
+    # "default" is named by revise, label and sft: one note, not three.
+    assert notes == [f"default: {BASE_NOTE}"]
 
     from cai.eval.cost import total_cost
 

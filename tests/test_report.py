@@ -59,6 +59,8 @@ def test_every_panel_is_drawn_from_its_data(runs):
         assert caption in ladder_html
     assert ladder_html.count("<svg ") == 2 + 1 + 3 + 4  # refusal rates, win rate, drift x3 suites, 4 cost fields
     assert "<td>12</td>" in ladder_html  # prompt_tokens_per_answer: in the table, not charted
+    # The stage table writes seconds as the charts do (3 figures), not every digit of a float.
+    assert "<td>2.51</td>" in ladder_html and "2.5123456789" not in ladder_html
     hack = section(page, "hacking")
     assert hack.count("<svg ") == 3 and "runs/ppo" in hack and "<b>yes</b>" in hack and "+2.10 [+1.80, +2.40]" in hack
     assert "No plot: the run was trained on the judge" in hack and ">step 6</text>" in hack

@@ -103,19 +103,24 @@ class _Trace:
         self.notes: list[str] = []
         self.seen: set[Path] = set()
 
+    def note(self, text: str) -> None:
+        """A note, once per policy (a base model named at every stage of its chain is one note)."""
+        if text not in self.notes:
+            self.notes.append(text)
+
     def model(self, ref: str, near: Path | None = None) -> None:
         path = _locate(ref, near)
         if path is None:  # a model name ("default") is a base model; anything else is not here
-            self.notes.append(f"{ref}: {BASE_NOTE if ref.lower() in ALIASES else MISSING_NOTE}")
+            self.note(f"{ref}: {BASE_NOTE if ref.lower() in ALIASES else MISSING_NOTE}")
             return
         if not path.is_dir():
-            self.notes.append(f"{ref}: {BASE_NOTE}")
+            self.note(f"{ref}: {BASE_NOTE}")
             return
         snapshots = path.parent
         if snapshots.name == SNAPSHOTS and (snapshots.parent / DONE_FILE).is_file():
             return self._snapshot(path, snapshots.parent)
         if not (path / CONFIG_FILE).is_file():
-            self.notes.append(f"{ref}: {BASE_NOTE}")
+            self.note(f"{ref}: {BASE_NOTE}")
             return
         self.folder(path)
 
@@ -139,11 +144,11 @@ class _Trace:
             return
         path = _locate(ref, near)
         if path is None:
-            self.notes.append(f"{ref}: {MISSING_NOTE}")
+            self.note(f"{ref}: {MISSING_NOTE}")
             return
         folder = _run_folder(path)
         if folder is None:
-            self.notes.append(f"{ref}: a data file, not a cai run folder (its cost is not counted)")
+            self.note(f"{ref}: a data file, not a cai run folder (its cost is not counted)")
             return
         self.folder(folder)
 

@@ -181,12 +181,19 @@ def _stages(r: Mapping[str, Any], policies: list[str]) -> str:
         entry = cost_entry(r, p)
         for st in _list(entry.get("stages")):
             if isinstance(st, Mapping):
-                rows.append([p] + ["–" if st.get(c) is None else str(st.get(c)) for c in STAGE_COLUMNS])
+                rows.append([p] + [_cell(st.get(c)) for c in STAGE_COLUMNS])
         notes += [f"{p}: {n}" for n in _list(entry.get("notes")) if isinstance(n, str)]
     if not rows and not notes:
         return ""
     return ((table(["policy", *STAGE_COLUMNS], rows, left=3) if rows else "")
             + "".join(f'<p class="note">{svg.esc(n)}</p>' for n in notes))
+
+
+def _cell(v: Any) -> str:
+    """A stage table cell: numbers as the charts write them (seconds to 3 figures), '–' for none."""
+    if v is None:
+        return "–"
+    return svg.num(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)
 
 
 def _judge(r: Mapping[str, Any]) -> str:

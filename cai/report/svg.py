@@ -33,7 +33,7 @@ def num(v: float) -> str:
     """A number in at most 4 significant digits, without exponent for ordinary sizes."""
     if v == 0 or not math.isfinite(v):
         return f"{v:g}"
-    return f"{v:.3g}" if abs(v) < 1e4 else f"{v:,.0f}"
+    return f"{v:,.0f}" if 1e3 <= abs(v) < 1e9 else f"{v:.3g}"  # 4,353 rather than 4.35e+03
 
 
 def ticks(lo: float, hi: float, count: int = 5, *, whole: bool = False) -> list[float]:
