@@ -425,14 +425,16 @@ def test_the_cli_writes_the_report_and_prints_the_table(tmp_path, monkeypatch):
     policy, judge = FakeEngine(respond=prompted), FakeEngine(score=prefers_longer)
     monkeypatch.setattr("cai.eval.answers.make_engine", lambda cfg: policy)
     monkeypatch.setattr("cai.eval.run.make_engine", lambda cfg: judge)
+    out = tmp_path / "eval[bold]"  # a folder name rich would read as markup
     args = ["eval", "--policy", "base=default", "--policy", "prompted=default+prompted", "--baseline", "base",
-            "--out", str(tmp_path / "eval"), "--no-default-suites", "--max-tokens", str(MAX_TOKENS),
+            "--out", str(out), "--no-default-suites", "--max-tokens", str(MAX_TOKENS),
             "--prompts-per-suite", "3", "--refusal", "patterns"]
     for s in suites(tmp_path):
         args += ["--suite", s]
-    r = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
+    r = CliRunner().invoke(app, args, env={"COLUMNS": "400"})
     assert r.exit_code == 0, r.output
-    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert f"-> {out} (report.json" in r.output
+    report = json.loads((out / "report.json").read_text())
     assert report["results"]["prompted"]["harmful"]["harmless_rate"]["value"] == 1.0
     assert report["results"]["prompted"]["helpful"]["win_rate"]["estimate"]["value"] == 0.0
     assert report["provenance"]["policies"]["base"]["model"].startswith("SmolLM2")  # the default, spelled out

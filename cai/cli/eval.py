@@ -163,5 +163,6 @@ def print_summary(s: EvalSummary) -> None:
         f"[bold green]done[/] {s.answered} answers, {s.asked} refusal questions and {s.judged} pairs judged "
         "in this run"
         + (f"; {s.stale} stale recomputed" if s.stale else "")
-        + f"; {s.seconds:.1f} s -> {s.out} (report.json, rows.jsonl, answers.jsonl, refusals.jsonl, judgments.jsonl)",
+        + f"; {s.seconds:.1f} s -> {escape(str(s.out))} "
+          "(report.json, rows.jsonl, answers.jsonl, refusals.jsonl, judgments.jsonl)",
         highlight=False)

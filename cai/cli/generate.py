@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from rich.markup import escape
+
 from cai import terminal
 from cai.cli.common import SEED, Flag, config_command, console, engine_flags
 from cai.cli.root import app
@@ -20,7 +22,7 @@ def _generate(cfg: GenerateConfig) -> None:
         + (f"; {s.stale} stale recomputed" if s.stale else "")
         + (f"; {s.unfinished} unfinished (flagged)" if s.unfinished else "")
         + f"; {s.truncated} hit max_tokens; {s.prompt_tokens} prompt + {s.completion_tokens} completion tokens "
-        f"in {s.seconds:.1f} s ({s.completion_tokens / max(s.seconds, 1e-9):.0f} tok/s) -> {cfg.out}"
+        f"in {s.seconds:.1f} s ({s.completion_tokens / max(s.seconds, 1e-9):.0f} tok/s) -> {escape(str(cfg.out))}"
     )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from rich.markup import escape
+
 from cai.cli.common import (
     CONSTITUTION,
     FORCE,
@@ -49,7 +51,7 @@ def print_summary(s: LabelSummary) -> None:
         + f"  position agreement {pct(s.position_agreement)}, first-position picks {pct(s.first_position_rate)}, "
         f"mean |p - 0.5| {'-' if s.mean_margin is None else f'{s.mean_margin:.3f}'}, "
         f"option mass {'-' if s.option_mass is None else f'{s.option_mass:.2f}'}\n"
-        f"  {s.prompt_tokens} judge prompt tokens in {s.seconds:.1f} s -> {s.out} "
+        f"  {s.prompt_tokens} judge prompt tokens in {s.seconds:.1f} s -> {escape(str(s.out))} "
         "(prefs.jsonl, ties.jsonl, rejects.jsonl, dataset/, summary.json)",
         markup=True, highlight=False,
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
 from rich.table import Table
 
 from cai import terminal
@@ -46,7 +47,8 @@ def resolve_config(config_file: Path | None, flags: dict[str, Any]) -> PPOConfig
 def _run(cfg: PPOConfig, force: bool, quiet: bool) -> None:
     terminal.capture(cfg.out)
     s = train_ppo(cfg, force=force, progress=not quiet)
-    title = f"cai ppo -> {cfg.out}" + (" (already finished; nothing to do)" if s.get("already_finished") else "")
+    title = f"cai ppo -> {escape(str(cfg.out))}" + (
+        " (already finished; nothing to do)" if s.get("already_finished") else "")
     table = Table(title=title, show_header=False)
     for k, v in s.items():
         if k != "final_metrics":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich.markup import escape
 from rich.table import Table
 
 from cai.cli.common import CONSTITUTION, FORCE, SEED, Flag, config_command, console, engine_flags, run_stage
@@ -56,4 +57,4 @@ def print_summary(s: ReviseSummary) -> None:
         for pid, n in s.principle_usage.items():
             table.add_row(pid, str(n))
         console.print(table)
-    console.print(f"-> {s.out} (records.jsonl, sft.jsonl, prefs.jsonl, dataset/, summary.json)")
+    console.print(f"-> {escape(str(s.out))} (records.jsonl, sft.jsonl, prefs.jsonl, dataset/, summary.json)")

@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from cai import terminal
@@ -34,14 +35,14 @@ def _run_sft(cfg: SFTConfig, force: bool, quiet: bool) -> None:
     terminal.capture(cfg.out)
     s = train_sft(cfg, force=force, progress=not quiet)
     done = " (already finished; nothing to do)" if s.get("already_finished") else ""
-    out_console.print(_summary_table(f"cai sft -> {cfg.out}{done}", s))
+    out_console.print(_summary_table(f"cai sft -> {escape(str(cfg.out))}{done}", s))
 
 
 def _run_rm_train(cfg: RMConfig, force: bool, quiet: bool) -> None:
     terminal.capture(cfg.out)
     s = train_reward(cfg, force=force, progress=not quiet)
     done = " (already finished; nothing to do)" if s.get("already_finished") else ""
-    out_console.print(_summary_table(f"cai rm train -> {cfg.out}{done}", s))
+    out_console.print(_summary_table(f"cai rm train -> {escape(str(cfg.out))}{done}", s))
 
 
 def _fmt(x: float | None, digits: int = 3) -> str:
@@ -81,13 +82,13 @@ def _run_rm_eval(cfg: RMEvalConfig, as_json: bool) -> None:
     else:
         print_report(report, f"{cfg.model} on {cfg.pairs}")
         if cfg.out:
-            out_console.print(f"report written to {cfg.out}")
+            out_console.print(f"report written to {escape(str(cfg.out))}")
 
 
 def _run_rm_score(cfg: RMScoreConfig) -> None:
     terminal.capture(None)
     n = run_rm_score(cfg)
-    out_console.print(f"[bold green]done[/] {n} rows scored -> {cfg.out}")
+    out_console.print(f"[bold green]done[/] {n} rows scored -> {escape(str(cfg.out))}")
 
 
 config_command(app, "sft", SFTConfig, _run_sft, extra={"force": FORCE, "quiet": QUIET},
