@@ -89,7 +89,7 @@ def test_data_readme_lists_every_file_with_its_true_row_count():
 
 def test_every_data_folder_carries_its_license_and_the_whole_stays_small():
     folders = [p for p in DATA.iterdir() if p.is_dir()]
-    assert {p.name for p in folders} == {"do-not-answer", "eval", "hh-rlhf-harmless-dev", "mt-bench"}
+    assert {p.name for p in folders} == {"do-not-answer", "eval", "hh-rlhf-harmless-dev", "mt-bench", "refusal-labels"}
     for folder in folders:
         assert (folder / "LICENSE").stat().st_size > 500, folder
         assert f"({folder.name}/LICENSE)" in (DATA / "README.md").read_text()
