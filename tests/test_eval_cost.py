@@ -77,6 +77,15 @@ def test_a_ppo_rung_costs_every_stage_behind_it_once(tmp_path):
                  "gpu_seconds": 190.0}
 
 
+def test_records_are_read_once_per_version_and_again_after_an_edit(tmp_path):
+    runs = ladder(tmp_path)
+    before = {s["stage"]: s for s in trace(str(runs["sft"]))[0]}["revise"]["tokens_generated"]
+    with (runs["revise"] / "records.jsonl").open("a") as f:
+        f.write(json.dumps({"id": "r9", "initial": {"completion_tokens": 7}}) + "\n")
+    after = {s["stage"]: s for s in trace(str(runs["ppo"]))[0]}["revise"]["tokens_generated"]
+    assert (before, after) == (90, 97)
+
+
 def test_an_sft_rung_costs_its_revise_data_and_its_training(tmp_path):
     runs = ladder(tmp_path)
     stages, _ = trace(str(runs["sft"]))

@@ -442,6 +442,20 @@ def test_the_cli_writes_the_report_and_prints_the_table(tmp_path, monkeypatch):
     assert "prompted" in r.output and "100% [" in r.output
 
 
+def test_two_policies_of_one_model_generate_each_answer_once(tmp_path, monkeypatch):
+    """A PPO run's step 0 is its SFT policy: the same model, prompts, sampling and seeds give one
+    key, so each answer is generated once and stored under both policies."""
+    engine = FakeEngine(respond=longer)
+    monkeypatch.setattr("cai.eval.answers.make_engine", lambda cfg: engine)
+    cfg = config(tmp_path, ("base=default", "again=default"))
+    s = run_eval(cfg, judge_engine=FakeEngine(score=prefers_longer))
+    asked = sum(n for kind, n in engine.calls if kind == "generate")
+    assert asked == 4 + 5 + 6 and s.answered == 2 * (4 + 5 + 6)
+    answers = list(read_jsonl(tmp_path / "eval" / "answers.jsonl"))
+    by_policy = {p: [a["answer"] for a in answers if a["policy"] == p] for p in ("base", "again")}
+    assert by_policy["base"] == by_policy["again"] and len(by_policy["base"]) == 15
+
+
 # --- Bad inputs --------------------------------------------------------------------------------
 
 

@@ -102,9 +102,16 @@ def _answer(job: Answering, todo: list, engine: Engine, identities: Mapping[str,
         for start in range(0, len(todo), job.chunk_size):
             chunk = todo[start:start + job.chunk_size]
             seeds = [answer_seed(job.seed, s.name, r.id) for _, s, r in chunk]
-            outs = engine.generate([with_system(r.conversation, systems[p.name]) for p, _, r in chunk],
-                                   job.sampling, seeds=seeds)
-            for (p, s, r), seed, c in zip(chunk, seeds, outs, strict=True):
+            # Answers with one key (one model, conversation, sampling and seed: e.g. a PPO run's
+            # step 0 beside its SFT policy) are one answer: generated once, stored under each id.
+            keys = [job.keys[answer_id(p.name, s.name, r.id)] for p, s, r in chunk]
+            first = {k: i for i, k in reversed(list(enumerate(keys)))}
+            unique = sorted(first.values())
+            made = dict(zip(unique, engine.generate(
+                [with_system(chunk[i][2].conversation, systems[chunk[i][0].name]) for i in unique],
+                job.sampling, seeds=[seeds[i] for i in unique]), strict=True))
+            outs = [made[first[k]] for k in keys]
+            for i, ((p, s, r), seed, c) in enumerate(zip(chunk, seeds, outs, strict=True)):
                 aid = answer_id(p.name, s.name, r.id)
                 job.store.append(EvalAnswer(
                     id=aid, policy=p.name, suite=s.name, prompt_id=r.id, prompt=tuple(r.conversation),
@@ -112,7 +119,7 @@ def _answer(job: Answering, todo: list, engine: Engine, identities: Mapping[str,
                     prompt_tokens=c.prompt_tokens, completion_tokens=c.completion_tokens,
                     provenance=Provenance(**provenance.stamp(identities[p.name], job.sampling.to_dict(), seed)),
                     key=job.keys[aid]).to_dict())
-                job.tokens += c.completion_tokens
+                job.tokens += c.completion_tokens if first[keys[i]] == i else 0
             job.store.flush()
             progress.update(task, advance=len(chunk), tokens=job.tokens)
     return len(todo)

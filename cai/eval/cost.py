@@ -28,6 +28,7 @@ report.json `cost[policy]`:
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -237,8 +238,16 @@ def _sum_field(path: Path, name: str) -> int | None:
     JSONL file; None when the file is missing."""
     if not path.is_file():
         return None
+    st = path.stat()
+    return _sum_file(str(path.resolve()), name, st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=64)
+def _sum_file(path: str, name: str, mtime_ns: int, size: int) -> int:
+    """`_sum_field` of one version of a file: every rung behind one revise folder (sft, ppo, each
+    PPO step) reads its records once, and an edited file (new mtime or size) is read again."""
     total = 0
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
         if line.strip():
             total += sum(_values(json.loads(line), name))
     return total
@@ -281,12 +290,17 @@ def total_cost(stages: Sequence[dict[str, Any]]) -> dict[str, Any]:
 def cost_report(policies: Sequence[Policy], answers: Mapping[str, EvalAnswer],
                 identities: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
     """report.json's `cost`: one entry per policy (module docstring)."""
-    prompt_tokens = {p.name: [a.prompt_tokens for a in answers.values() if a.policy == p.name] for p in policies}
+    prompt_tokens: dict[str, list[int]] = {p.name: [] for p in policies}
+    for a in answers.values():
+        prompt_tokens.setdefault(a.policy, []).append(a.prompt_tokens)
     out = {}
+    traced: dict[str, tuple[list[dict[str, Any]], list[str]]] = {}  # policies of one model trace it once
     for p in policies:
         served = p.engine.backend == "http"
+        if not served and p.engine.model not in traced:
+            traced[p.engine.model] = trace(p.engine.model)
         stages, notes = ([], [f"{p.spec}: a served model (its training cost is not known here)"]) if served \
-            else trace(p.engine.model)
+            else traced[p.engine.model]
         mine = prompt_tokens[p.name]
         entry: dict[str, Any] = {"model": p.engine.model, "recipe": p.recipe, "stages": stages,
                                  "total": total_cost(stages), "notes": notes,

@@ -23,7 +23,7 @@ inputs are kept.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -195,7 +195,7 @@ def run_eval(cfg: EvalConfig, engines: Mapping[str, Engine] | None = None, judge
     try:
         refusals = eval_refusals(cfg.refusal, cfg.refusal_threshold, out / REFUSALS_FILE, suites, answers, judge,
                                  shared.get, cfg.chunk_size)
-        judged, stale_judgments = judge_all(cfg, c, out, pairs, judge or {}, shared.started)
+        judged, stale_judgments = judge_all(cfg, c, out, pairs, judge or {}, shared.get)
     finally:
         shared.close()
     judgments = {j.id: j for j in read_records(out / JUDGMENTS_FILE, PairJudgment)} if pairs else {}
@@ -261,8 +261,9 @@ def comparison_pairs(policies: Sequence[Policy], baseline: str, suites: Sequence
 
 
 def judge_all(cfg: EvalConfig, c: Constitution, out: Path, pairs: Sequence[ResponsePair], judge: dict[str, Any],
-              judge_engine: Engine | None) -> tuple[int, int]:
-    """Judge every pair not yet stored (DIR/judgments.jsonl). Returns (judged now, stale)."""
+              judge_engine: Callable[[], Engine]) -> tuple[int, int]:
+    """Judge every pair not yet stored (DIR/judgments.jsonl). Returns (judged now, stale).
+    `judge_engine` gives the engine on first need (`SharedEngine.get`, which also closes it)."""
     if not pairs:
         return 0, 0
     keys = {p.id: judgment_key(p, draw_principles(c, cfg.judging, cfg.seed, p.principle_key), judge, c, cfg.judging,
@@ -270,12 +271,7 @@ def judge_all(cfg: EvalConfig, c: Constitution, out: Path, pairs: Sequence[Respo
     with JsonlStore(out / JUDGMENTS_FILE, current_keys=keys) as store:
         pending = [p for p in pairs if p.id not in store]
         if pending:
-            engine = judge_engine or make_engine(resolve_judge_engine(cfg.judge))
-            try:
-                _judge(cfg, c, engine, judge, pending, store, keys)
-            finally:
-                if judge_engine is None:
-                    engine.close()
+            _judge(cfg, c, judge_engine(), judge, pending, store, keys)
         return len(pending), len(store.stale)
 
 
